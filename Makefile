@@ -1,0 +1,27 @@
+# `make demo` and `make test` work on a fresh clone with nothing installed:
+# they create .venv, install vibe with its pinned dependencies, then run.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml requirements/pins.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c requirements/pins.txt torch==2.13.0
+	$(BIN)/pip install --quiet -c requirements/pins.txt -e '.[torch,hf,test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/vibe demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -1,0 +1,120 @@
+"""`vibe place` and `vibe evaluate`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+from vibe.cli._common import add_operating_points, console, fmt_us
+from vibe.cost import evaluate, normalize_weights, weighted_moe_time
+from vibe.model import Cluster, ExpertLoads, Placement
+from vibe.policies import PlacementOptions, available_policies, place
+
+ENGINE_FORMATS = ("vibe", "sglang", "trtllm")
+
+
+def register(cli) -> None:
+    p = cli.command("place", "choose which GPU holds which expert, per MoE layer", cmd_place)
+    p.add_argument("--cluster", required=True, help="vibe.cluster/v1 file")
+    p.add_argument("--loads", required=True, help="vibe.loads/v1 file")
+    p.add_argument("--policy", default="vibe", help=f"one of: {', '.join(available_policies())} (default: vibe)")
+    p.add_argument("--redundant", type=int, default=0, metavar="R", help="extra replica slots per layer")
+    p.add_argument("--num-groups", type=int, default=None, metavar="N",
+                   help="expert groups kept inside one node (hierarchical placement)")
+    add_operating_points(p)
+    p.add_argument("--split", choices=("even", "speed"), default="even",
+                   help="how replicas share tokens: evenly (engines) or by GPU speed (writes replica_weights)")
+    p.add_argument("--robust", action="store_true", help="optimise the expected per-step makespan")
+    p.add_argument("--traces", default=None, help="token-level routing traces for --robust")
+    p.add_argument("--time-limit", type=float, default=60.0, metavar="S", help="for search policies (exact)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", nargs="+", choices=ENGINE_FORMATS, default=["vibe"],
+                   help="also write engine files next to --out: OUT.sglang.json, OUT.trtllm.yaml")
+    p.add_argument("--num-hidden-layers", type=int, default=None,
+                   help="decoder layers of the model, for SGLang's layer axis (default: last MoE layer + 1)")
+    p.add_argument("--out", required=True, help="placement file to write (vibe.placement/v1)")
+
+    e = cli.command("evaluate", "predict what a placement costs (cost model + lower bounds)", cmd_evaluate)
+    e.add_argument("--cluster", required=True)
+    e.add_argument("--loads", required=True)
+    e.add_argument("--placement", required=True)
+    add_operating_points(e)
+    e.add_argument("--no-lower-bound", action="store_true", help="skip the LP lower bound (faster)")
+    e.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
+def options_from_args(args: argparse.Namespace) -> PlacementOptions:
+    extras = {}
+    if getattr(args, "traces", None):
+        extras["traces_path"] = args.traces
+    return PlacementOptions(redundant=args.redundant, num_groups=args.num_groups,
+                            batch_tokens=tuple(args.batch_tokens),
+                            weights=None if args.weights is None else tuple(args.weights),
+                            seed=args.seed, split=args.split, robust=args.robust,
+                            time_limit_s=args.time_limit, extras=extras)
+
+
+def engine_paths(out: Path) -> dict[str, Path]:
+    stem = out.with_suffix("") if out.suffix == ".json" else out
+    return {"sglang": Path(f"{stem}.sglang.json"), "trtllm": Path(f"{stem}.trtllm.yaml")}
+
+
+def cmd_place(args: argparse.Namespace) -> int:
+    from vibe.engines.sglang import placement_to_sglang
+    from vibe.engines.trtllm import write_trtllm_placement
+    from vibe.io import write_json_atomic
+
+    cluster = Cluster.load(args.cluster)
+    loads = ExpertLoads.load(args.loads)
+    options = options_from_args(args)
+    if options.weights is not None:
+        normalize_weights(options.batch_tokens, options.weights)
+    placement = place(loads, cluster, args.policy, options)
+    out = Path(args.out)
+    # Build every engine file first, so a failure leaves nothing half-written.
+    sglang = placement_to_sglang(placement, args.num_hidden_layers) if "sglang" in args.format else None
+    placement.save(out)
+    written = [str(out)]
+    paths = engine_paths(out)
+    if sglang is not None:
+        write_json_atomic(paths["sglang"], sglang)
+        written.append(str(paths["sglang"]))
+    if "trtllm" in args.format:
+        write_trtllm_placement(placement, paths["trtllm"])
+        written.append(str(paths["trtllm"]))
+    points = evaluate(placement, loads, cluster, options.batch_tokens, options.weights, with_lower_bound=False)
+    summary = ", ".join(f"B={p.batch_tokens:g}: {fmt_us(p.moe_time_us)}" for p in points)
+    console.print(f"[bold]{args.policy}[/]: {loads.num_layers} layers x {placement.num_slots} slots on "
+                  f"{cluster.num_gpus} GPUs; predicted MoE time per step {summary}")
+    console.print("wrote " + ", ".join(written))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    cluster = Cluster.load(args.cluster)
+    loads = ExpertLoads.load(args.loads)
+    placement = Placement.load(args.placement)
+    placement.check_fits(cluster, args.placement)
+    placement.check_matches(loads, args.placement)
+    points = evaluate(placement, loads, cluster, args.batch_tokens, args.weights,
+                      with_lower_bound=not args.no_lower_bound)
+    if args.json:
+        print(json.dumps({"policy": placement.policy, "num_gpus": cluster.num_gpus,
+                          "num_slots": placement.num_slots,
+                          "weighted_moe_time_us": weighted_moe_time(points),
+                          "operating_points": [p.to_dict() for p in points]}))
+        return 0
+    table = Table(title=f"{placement.policy or 'placement'} on {cluster.name} ({cluster.num_gpus} GPUs, "
+                        f"{placement.num_slots} slots/layer)")
+    for col in ("batch tokens", "MoE time / step", "lower bound", "ratio to LB", "imbalance", "idle at barrier"):
+        table.add_column(col, justify="right")
+    for p in points:
+        table.add_row(f"{p.batch_tokens:g}", fmt_us(p.moe_time_us),
+                      "-" if p.lower_bound_us is None else fmt_us(p.lower_bound_us),
+                      "-" if p.ratio_to_lb is None else f"{p.ratio_to_lb:.4f}",
+                      f"{p.imbalance:.4f}", f"{100 * p.idle_fraction:.1f}%")
+    console.print(table)
+    return 0

@@ -1,0 +1,1 @@
+"""Importers and exporters of real engines' files (SGLang, TensorRT-LLM, vLLM, ESFT)."""

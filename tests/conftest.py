@@ -1,0 +1,50 @@
+"""Shared fixtures. Tests that need the real data in ../shared/data skip with a clear
+reason when it is absent (a user's fresh clone) and run in CI, where it is present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("VIBE_SHARED_DATA", ROOT.parent / "shared" / "data"))
+ESFT = SHARED_DATA / "routing" / "esft-dsv2lite"
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real data not found at {path} (set VIBE_SHARED_DATA or place ../shared/data beside the repo)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return _need(SHARED_DATA)
+
+
+@pytest.fixture(scope="session")
+def esft_dir() -> Path:
+    return _need(ESFT)
+
+
+@pytest.fixture(scope="session")
+def esft_loads(esft_dir):
+    """Real loads of the ESFT 'intent' domain (26 MoE layers x 64 experts, top-6)."""
+    from vibe.engines.esft import load_esft_loads
+
+    return load_esft_loads(esft_dir / "intent")
+
+
+@pytest.fixture(scope="session")
+def esft_trace(esft_dir):
+    from vibe.engines.esft import load_esft_trace
+
+    return load_esft_trace(esft_dir / "intent")
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
