@@ -92,3 +92,25 @@ def load_esft_trace(folder: str | os.PathLike, top_k: int = 6, num_experts: int 
         layers.append(np.concatenate(seqs))
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     return RoutingTrace(np.stack(layers), offsets, num_experts, tuple(files), model)
+
+
+def load_esft_traces(folders, top_k: int = 6, num_experts: int = 64,
+                     model: str = "ESFT-vanilla-lite (DeepSeek-V2-Lite)"):
+    """Several ESFT domain folders -> one RoutingTrace holding all their sequences (one
+    folder: the same as load_esft_trace)."""
+    from vibe.model.traces import concat_traces
+
+    if not folders:
+        raise InputError("esft", "no domain folder given")
+    traces = [load_esft_trace(f, top_k, num_experts, model) for f in folders]
+    try:
+        return concat_traces(traces)
+    except InputError:
+        raise InputError(folders[-1], "its layers differ from the other domain folders'") from None
+
+
+def trace_loads(trace, source: str) -> ExpertLoads:
+    """Routing counts of a trace as ExpertLoads, remembering where they came from."""
+    return ExpertLoads(trace.counts(), trace.top_k, trace.layer_ids, trace.model,
+                       extra={"source": source, "tokens": int(trace.num_tokens),
+                              "sequences": int(trace.num_sequences)})

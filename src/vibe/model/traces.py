@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import zipfile
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,8 @@ from vibe.io import atomic_path
 from vibe.model.loads import ExpertLoads
 
 TRACE_SCHEMA = "vibe.trace/v1"
+# Cap of the cached per-sequence count table (int32 entries: 2**26 = 256 MiB).
+SEQUENCE_COUNTS_MAX_ENTRIES = 1 << 26
 
 
 @dataclass(frozen=True)
@@ -62,37 +65,61 @@ class RoutingTrace:
     def counts(self, tokens: np.ndarray | slice | None = None) -> np.ndarray:
         """[L, E] routings per expert over all tokens, or over token indices `tokens`."""
         ex = self.experts if tokens is None else self.experts[:, tokens]
-        L, E = self.num_layers, self.num_experts
-        flat = (np.arange(L)[:, None, None] * E + ex.astype(np.int64)).ravel()
-        return np.bincount(flat, minlength=L * E).reshape(L, E)
+        return _count_routings(ex, self.num_experts)
+
+    @cached_property
+    def sequence_counts(self) -> np.ndarray | None:
+        """[N, L, E] int32 routings of each whole sequence, or None when that table would
+        exceed SEQUENCE_COUNTS_MAX_ENTRIES (the sampler then counts token by token)."""
+        N, L, E = self.num_sequences, self.num_layers, self.num_experts
+        if N * L * E > SEQUENCE_COUNTS_MAX_ENTRIES:
+            return None
+        seq_of_token = np.repeat(np.arange(N, dtype=np.int64), np.diff(self.seq_offsets))
+        key = (seq_of_token[None, :, None] * L + np.arange(L)[:, None, None]) * E + self.experts
+        return np.bincount(key.ravel(), minlength=N * L * E).astype(np.int32).reshape(N, L, E)
 
     def to_loads(self) -> ExpertLoads:
         return ExpertLoads(self.counts(), self.top_k, self.layer_ids, self.model)
 
-    def sample_token_indices(self, batch_tokens: int, rng: np.random.Generator) -> np.ndarray:
-        """Token indices of a batch of `batch_tokens` tokens made of whole sequences drawn
-        at random (with replacement), the last one cut to fit."""
+    def _sample_sequences(self, batch_tokens: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        """(sequence ids [n], tokens kept of the last one): whole sequences drawn at random
+        with replacement until `batch_tokens` tokens, the last one cut to fit."""
         if batch_tokens <= 0:
             raise ValueError("batch_tokens must be > 0")
         lengths = np.diff(self.seq_offsets)
-        # Draw enough sequences in one go: at least B / shortest-mean, then trim.
+        # Draw enough sequences in one go (twice the expected number), top up if unlucky.
         n_draw = int(np.ceil(batch_tokens / max(lengths.mean(), 1))) * 2 + 2
         picks = rng.integers(0, self.num_sequences, size=n_draw)
         while lengths[picks].sum() < batch_tokens:
             picks = np.concatenate([picks, rng.integers(0, self.num_sequences, size=n_draw)])
         cum = np.cumsum(lengths[picks])
         n_seq = int(np.searchsorted(cum, batch_tokens)) + 1
-        picks = picks[:n_seq]
+        last_len = int(lengths[picks[n_seq - 1]] - (cum[n_seq - 1] - batch_tokens))
+        return picks[:n_seq], last_len
+
+    def sample_token_indices(self, batch_tokens: int, rng: np.random.Generator) -> np.ndarray:
+        """[batch_tokens] token indices of a batch made of whole sequences drawn at random
+        (with replacement), the last one cut to fit."""
+        picks, last_len = self._sample_sequences(batch_tokens, rng)
         starts = self.seq_offsets[picks]
-        lens = lengths[picks].copy()
-        lens[-1] -= int(cum[n_seq - 1] - batch_tokens)
+        lens = np.diff(self.seq_offsets)[picks]
+        lens[-1] = last_len
         # Vectorized concatenation of ranges [start, start + len).
-        idx = np.repeat(starts - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens) + np.arange(lens.sum())
-        return idx
+        return np.repeat(starts - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens) + np.arange(lens.sum())
 
     def sample_batch_counts(self, batch_tokens: int, rng: np.random.Generator) -> np.ndarray:
-        """[L, E] routings of one re-sampled batch of `batch_tokens` tokens."""
-        return self.counts(self.sample_token_indices(batch_tokens, rng))
+        """[L, E] routings of one re-sampled batch of `batch_tokens` tokens; equal to
+        `counts(sample_token_indices(B, rng))` for the same rng state.
+
+        Whole sequences add up from the per-sequence table (O(sequences * L * E)), only
+        the cut last sequence is counted token by token."""
+        seq_counts = self.sequence_counts
+        if seq_counts is None:
+            return self.counts(self.sample_token_indices(batch_tokens, rng))
+        picks, last_len = self._sample_sequences(batch_tokens, rng)
+        total = seq_counts[picks[:-1]].sum(axis=0, dtype=np.int64)
+        start = int(self.seq_offsets[picks[-1]])
+        return total + self.counts(slice(start, start + last_len))
 
     # ---- file I/O --------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
@@ -136,3 +163,26 @@ def _validate(t: RoutingTrace, source: object) -> None:
         raise InputError(source, "seq_offsets must rise strictly from 0 to the token count")
     if len(t.layer_ids) != ex.shape[0]:
         raise InputError(source, f"{len(t.layer_ids)} layer_ids for {ex.shape[0]} layers")
+
+
+def _count_routings(experts: np.ndarray, num_experts: int) -> np.ndarray:
+    """experts [L, T, k] expert ids -> [L, E] int64 routings per layer and expert."""
+    L = experts.shape[0]
+    # One bincount over layer-offset ids; int32 keys halve the memory traffic of int64.
+    key_dtype = np.int32 if L * num_experts < 2**31 else np.int64
+    keys = experts.astype(key_dtype) + (np.arange(L, dtype=key_dtype) * num_experts)[:, None, None]
+    return np.bincount(keys.ravel(), minlength=L * num_experts).reshape(L, num_experts)
+
+
+def concat_traces(traces: list[RoutingTrace], model: str | None = None) -> RoutingTrace:
+    """Traces of the same layers and experts (e.g. several domains) -> one trace holding
+    all their sequences, in order."""
+    first = traces[0]
+    for t in traces[1:]:
+        if t.layer_ids != first.layer_ids or t.num_experts != first.num_experts or t.top_k != first.top_k:
+            raise InputError("trace", "traces to join differ in layers, experts or top_k")
+    offsets = [first.seq_offsets]
+    for t in traces[1:]:
+        offsets.append(t.seq_offsets[1:] + offsets[-1][-1])
+    return RoutingTrace(np.concatenate([t.experts for t in traces], axis=1), np.concatenate(offsets),
+                        first.num_experts, first.layer_ids, first.model if model is None else model)
