@@ -6,7 +6,7 @@ expert loads with the statistics of real routers. Both are seeded (numpy only, n
 """
 
 from vibe.synth.cluster import SCENARIOS, latency_curve_us, synth_cluster
-from vibe.synth.loads import MODEL_PRESETS, peak_ratio, synth_loads, synth_loads_for_model
+from vibe.synth.loads import MODEL_PRESETS, synth_loads, synth_loads_for_model
 
-__all__ = ["SCENARIOS", "MODEL_PRESETS", "latency_curve_us", "peak_ratio", "synth_cluster", "synth_loads",
+__all__ = ["SCENARIOS", "MODEL_PRESETS", "latency_curve_us", "synth_cluster", "synth_loads",
            "synth_loads_for_model"]

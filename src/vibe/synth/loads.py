@@ -20,6 +20,7 @@ from scipy.stats import norm
 
 from vibe.errors import VibeError
 from vibe.model import ExpertLoads
+from vibe.workload.stats import max_over_mean
 
 PEAK_RANGE = (3.0, 8.0)  # busiest expert over the mean, per layer
 PEAK_MEDIAN = 4.0  # ESFT layers: median 3.3-4.4 by domain
@@ -39,12 +40,6 @@ MODEL_PRESETS: dict[str, tuple[int, int, int, int]] = {
 _MODEL_NAMES = {"deepseek-v3": "DeepSeek-V3", "deepseek-v2": "DeepSeek-V2", "deepseek-v2-lite": "DeepSeek-V2-Lite",
                 "qwen3-30b-a3b": "Qwen3-30B-A3B", "qwen3-235b-a22b": "Qwen3-235B-A22B",
                 "gpt-oss-120b": "gpt-oss-120b", "mixtral-8x7b": "Mixtral-8x7B"}
-
-
-def peak_ratio(shares: np.ndarray) -> np.ndarray:
-    """[..., E] expert shares -> [...] busiest expert over the mean expert."""
-    s = np.asarray(shares, dtype=np.float64)
-    return s.max(axis=-1) / s.mean(axis=-1)
 
 
 def draw_peaks(num_layers: int, rng: np.random.Generator, peak_range=PEAK_RANGE,
@@ -70,9 +65,9 @@ def lognormal_shares(z: np.ndarray, peak: float) -> np.ndarray:
     if peak <= 1.0:
         return shares(0.0)
     hi = 1.0
-    while peak_ratio(shares(hi)) < peak and hi < 1e3:
+    while max_over_mean(shares(hi)) < peak and hi < 1e3:
         hi *= 2.0
-    sigma = brentq(lambda s: peak_ratio(shares(s)) - peak, 0.0, hi, xtol=1e-10)
+    sigma = brentq(lambda s: max_over_mean(shares(s)) - peak, 0.0, hi, xtol=1e-10)
     return shares(sigma)
 
 
