@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from vibe.engines.layers import decoder_rows, drop_empty_rows
-from vibe.engines.plain import RawCounts, check_counts, fold_slot_counts, merge_raw
+from vibe.engines.plain import RawCounts, check_counts, fold_slot_counts, merge_raw, read_json_counts
 from vibe.errors import InputError, VibeError
 from vibe.io import atomic_path, write_json_atomic
 from vibe.model import ExpertLoads, Placement
@@ -78,7 +78,12 @@ def _as_array(value: object, name: str, source: object) -> np.ndarray:
 
 
 def read_sglang_dump(path: str | os.PathLike, num_experts: int | None = None) -> RawCounts:
-    """One recorder dump (stat or per_pass) -> RawCounts over all decoder layers."""
+    """One recorder dump (stat or per_pass `.pt`, or a `{"logical_count"}` `.json` as
+    written by `vibe loads export`) -> RawCounts over all decoder layers."""
+    if str(path).endswith(".json"):
+        raw = read_json_counts(path)
+        raw.extra["source"] = "sglang:logical_count"
+        return raw
     obj = load_pt_weights_only(path)
     if not isinstance(obj, dict):
         raise InputError(path, "expected a dict from SGLang's expert distribution recorder")
