@@ -1,0 +1,1 @@
+"""Reports: the demo, comparison tables and plots (matplotlib Agg)."""
