@@ -1,0 +1,475 @@
+"""Time-balanced binning shared by the `vibe` and `exact` policies.
+
+The unit of work is a *row*: one MoE layer (or one layer restricted to one node) with
+E experts to spread over the row's G GPUs, S slots each. Everything is vectorized over
+rows. The objective is the weighted sum over scenarios k (operating points, or batches
+re-sampled for --robust) of the row's makespan:
+
+    f = sum_k w_k max_g T[k, g],   T[k, g] = overhead[g] + sum of t_g(tokens of each slot on g)
+
+All times come from `vibe.cost.expert_time_us` (the one cost model); this module only
+decides replica counts and which GPU holds which replica.
+
+Shapes: K scenarios, X rows, E experts per row, G GPUs per row, S slots per GPU,
+N = G * S items (replicas) per row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from vibe.cost import DEFAULT_BATCH_TOKENS, expert_time_us, normalize_weights
+from vibe.errors import VibeError
+from vibe.model import Cluster, ExpertLoads, Placement
+
+
+# ---- costs ---------------------------------------------------------------------------
+def replica_costs(cluster: Cluster, gpu_ids: np.ndarray, tokens: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Time of one replica of each expert on each GPU of its row, tokens split evenly.
+
+    gpu_ids: [X, G] global ranks of each row's GPUs; tokens: [K, X, E]; count: [X, E]
+    replicas per expert -> [K, X, E, G] us.
+    """
+    per_replica = tokens / count[None]
+    return expert_time_us(cluster, gpu_ids[None, :, None, :], per_replica[..., None])
+
+
+def reference_cluster(cluster: Cluster) -> Cluster:
+    """A one-GPU cluster whose curve is the mean of all curves: the 'average GPU' used to
+    weigh replica decisions before we know where replicas go."""
+    grid, us = cluster.latency_table()
+    return Cluster.init_by_curves(grid, us.mean(axis=0), float(cluster.overhead_us.mean()))
+
+
+# ---- replica counts by time ----------------------------------------------------------
+def allocate_replicas(cluster: Cluster, tokens: np.ndarray, weights: np.ndarray, num_gpus: int,
+                      slots: int) -> np.ndarray:
+    """How many replicas each expert gets, decided by predicted time.
+
+    tokens: [K, X, E]; weights: [K]; each row has `slots` >= E slots on `num_gpus` GPUs.
+    Every extra slot goes to the expert whose extra replica lowers most the weighted
+    proxy makespan  sum_k w_k max(hottest replica time, total work / G)  on the average
+    GPU; ties go to the expert whose split adds least work (a replica of a cold expert
+    costs little at prefill, but every replica costs a weight reload at decode).
+    An expert never gets more replicas than there are GPUs, unless slots force it.
+    Returns count [X, E] (int64).
+    """
+    K, X, E = tokens.shape
+    ref = reference_cluster(cluster)
+    count = np.ones((X, E), dtype=np.int64)
+    cap = max(num_gpus, -(-slots // E))
+    cur = expert_time_us(ref, 0, tokens)  # [K, X, E] time of one replica now
+    nxt = expert_time_us(ref, 0, tokens / 2)  # ... with one more replica
+    rows = np.arange(X)
+    w = weights[:, None, None]
+    for _ in range(slots - E):
+        work = (count[None] * cur).sum(axis=2)  # [K, X]
+        top2 = -np.partition(-cur, min(1, E - 1), axis=2)[..., :2] if E > 1 else np.concatenate([cur, cur * 0], 2)
+        hottest = np.argmax(cur, axis=2)  # [K, X]
+        others_max = np.where(np.arange(E)[None, None, :] == hottest[..., None], top2[..., 1:2], top2[..., 0:1])
+        added = (count[None] + 1) * nxt - count[None] * cur  # [K, X, E] extra work of the split
+        proxy = np.maximum(np.maximum(others_max, nxt), (work[..., None] + added) / num_gpus)
+        score = (w * proxy).sum(axis=0)  # [X, E]
+        score = np.where(count >= cap, np.inf, score)
+        best = score.min(axis=1, keepdims=True)
+        tie = score <= best + 1e-9 * np.abs(best)
+        e = np.argmin(np.where(tie, (w * added).sum(axis=0), np.inf), axis=1)
+        count[rows, e] += 1
+        cur[:, rows, e] = nxt[:, rows, e]
+        nxt[:, rows, e] = expert_time_us(ref, 0, tokens[:, rows, e] / (count[rows, e] + 1))
+    return count
+
+
+# ---- construction --------------------------------------------------------------------
+def items_of(count: np.ndarray, num_items: int) -> np.ndarray:
+    """[X, E] replica counts -> [X, N] expert of each item (replicas of e consecutive)."""
+    X, E = count.shape
+    return np.stack([np.repeat(np.arange(E), count[x]) for x in range(X)]) if X else np.zeros((0, num_items), int)
+
+
+def construct(costs: np.ndarray, weights: np.ndarray, item_expert: np.ndarray, overhead: np.ndarray,
+              slots_per_gpu: int) -> np.ndarray:
+    """Largest-cost-first: each item goes to the GPU (with room, not yet holding its expert)
+    where the weighted makespan grows least, ties to the GPU that finishes earliest.
+
+    costs: [K, X, E, G]; weights: [K]; item_expert: [X, N]; overhead: [X, G].
+    Returns the GPU of each item [X, N].
+    """
+    K, X, E, G = costs.shape
+    N = item_expert.shape[1]
+    rows = np.arange(X)
+    mean_cost = np.einsum("k,kxeg->xe", weights, costs) / G
+    order = np.argsort(-np.take_along_axis(mean_cost, item_expert, axis=1), axis=1, kind="stable")
+    T = np.broadcast_to(overhead, (K, X, G)).copy()
+    M = T.max(axis=2)  # [K, X]
+    filled = np.zeros((X, G), dtype=np.int64)
+    has = np.zeros((X, E, G), dtype=bool)
+    gpu = np.empty((X, N), dtype=np.int64)
+    w = weights[:, None, None]
+    for j in range(N):
+        item = order[:, j]
+        e = item_expert[rows, item]
+        c = costs[:, rows, e, :]  # [K, X, G]
+        room = filled < slots_per_gpu
+        ok = room & ~has[rows, e, :]
+        ok = np.where(ok.any(axis=1, keepdims=True), ok, room)  # duplicates only if forced
+        new = T + c
+        grow = (w * np.maximum(M[..., None], new)).sum(axis=0)  # [X, G]
+        finish = (w * new).sum(axis=0)
+        grow = np.where(ok, grow, np.inf)
+        tie = grow <= grow.min(axis=1, keepdims=True) * (1 + 1e-12)
+        g = np.argmin(np.where(tie, finish, np.inf), axis=1)
+        gpu[rows, item] = g
+        T[:, rows, g] = new[:, rows, g]
+        M = np.maximum(M, T[:, rows, g])
+        filled[rows, g] += 1
+        has[rows, e, g] = True
+    return gpu
+
+
+# ---- local search --------------------------------------------------------------------
+def objective(T: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """[K, X, G] GPU times -> [X] weighted makespan."""
+    return np.einsum("k,kx->x", weights, T.max(axis=2))
+
+
+def gpu_times(costs: np.ndarray, item_expert: np.ndarray, item_gpu: np.ndarray, overhead: np.ndarray) -> np.ndarray:
+    """[K, X, G] time of every GPU for the assignment item_gpu [X, N]."""
+    K, X, E, G = costs.shape
+    c = costs[:, np.arange(X)[:, None], item_expert, item_gpu]  # [K, X, N]
+    T = np.zeros((K, X, G))
+    for k in range(K):
+        np.add.at(T[k], (np.arange(X)[:, None], item_gpu), c[k])
+    return T + overhead[None]
+
+
+def _top3(T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Three largest values of T [..., G] and their indices (padded with -inf / -1)."""
+    G = T.shape[-1]
+    if G < 3:
+        pad = 3 - G
+        T = np.concatenate([T, np.full(T.shape[:-1] + (pad,), -np.inf)], axis=-1)
+    idx = np.argsort(-T, axis=-1)[..., :3]
+    val = np.take_along_axis(T, idx, axis=-1)
+    return val, np.where(np.isfinite(val), idx, -1)
+
+
+def local_search(costs: np.ndarray, weights: np.ndarray, item_expert: np.ndarray, item_gpu: np.ndarray,
+                 overhead: np.ndarray, max_rounds: int | None = None) -> np.ndarray:
+    """Swap items between a critical GPU and any other GPU while the weighted makespan
+    drops (or stays equal while the pair's larger time drops, which walks off plateaus
+    where several GPUs tie at the max). One best swap per row and round, all rows at once.
+
+    costs: [K, X, E, G]; item_expert, item_gpu: [X, N]. Returns the improved item_gpu.
+    """
+    K, X, E, G = costs.shape
+    N = item_expert.shape[1]
+    item_gpu = item_gpu.copy()
+    if G < 2 or X == 0:
+        return item_gpu
+    w = weights
+    T = gpu_times(costs, item_expert, item_gpu, overhead)
+    has = np.zeros((X, E, G), dtype=np.int64)
+    np.add.at(has, (np.arange(X)[:, None], item_expert, item_gpu), 1)
+    active = np.arange(X)
+    max_rounds = max_rounds or 20 * N + 100
+    scale = np.maximum(objective(T, w), 1e-12)  # [X] for tolerances
+    for _ in range(max_rounds):
+        if active.size == 0:
+            break
+        best = _best_swaps(costs, w, item_expert, item_gpu, T, has, active, scale)
+        moved = best[0] >= 0
+        if not moved.any():
+            break
+        a_idx, b_idx = best[0][moved], best[1][moved]
+        rows = active[moved]
+        _apply_swaps(costs, item_expert, item_gpu, T, has, rows, a_idx, b_idx)
+        active = rows
+    return item_gpu
+
+
+def _best_swaps(costs, w, item_expert, item_gpu, T, has, active, scale):
+    """For each active row, the best improving swap (item a on a critical GPU, item b
+    elsewhere), as (a [A], b [A]) with -1 where none improves."""
+    K = costs.shape[0]
+    r = active
+    A = r.size
+    Ta = T[:, r]  # [K, A, G]
+    M = Ta.max(axis=2)  # [K, A]
+    top_v, top_i = _top3(Ta)
+    ie, ig = item_expert[r], item_gpu[r]  # [A, N]
+    h = ig
+    eb = ie
+    tol = 1e-9 * scale[r]
+    best_key = np.full(A, np.inf)
+    best_a = np.full(A, -1)
+    best_b = np.full(A, -1)
+    ra = np.arange(A)
+    crit_gpus = np.unique(np.argmax(Ta, axis=2), axis=0)  # [<=K, A] one critical GPU per scenario
+    for gc in crit_gpus:
+        on_c = ig == gc[:, None]  # [A, N]
+        # items on gc (exactly S of them), in item order
+        a_items = np.argsort(~on_c, axis=1, kind="stable")[:, : int(on_c.sum(axis=1).min())]  # [A, S]
+        ea = np.take_along_axis(ie, a_items, axis=1)  # [A, S]
+        xs = r[:, None]
+        c_a_gc = costs[:, xs, ea, gc[:, None]]  # [K, A, S]
+        c_b_gc = costs[:, xs, eb, gc[:, None]]  # [K, A, N]
+        c_b_h = costs[:, xs, eb, h]  # [K, A, N]
+        c_a_h = costs[:, r[:, None, None], ea[:, :, None], h[:, None, :]]  # [K, A, S, N]
+        Tg = Ta[:, ra, gc]  # [K, A]
+        Th = np.take_along_axis(Ta, h[None].repeat(K, 0), axis=2)  # [K, A, N]
+        new_g = Tg[..., None, None] - c_a_gc[..., None] + c_b_gc[:, :, None, :]
+        new_h = Th[:, :, None, :] - c_b_h[:, :, None, :] + c_a_h
+        rest = _rest_max(top_v, top_i, gc, h)  # [K, A, N]
+        new_m = np.maximum(np.maximum(new_g, new_h), rest[:, :, None, :])
+        df = np.einsum("k,kasn->asn", w, new_m - M[..., None, None])
+        dpair = np.einsum("k,kasn->asn", w, np.maximum(new_g, new_h)
+                          - np.maximum(Tg[..., None], Th)[:, :, None, :])
+        valid = (h != gc[:, None])[:, None, :] & (ea[:, :, None] != eb[:, None, :])
+        valid &= has[xs[..., None], ea[:, :, None], h[:, None, :]] == 0
+        valid &= (has[xs, eb, gc[:, None]] == 0)[:, None, :]
+        t = tol[:, None, None]
+        good = valid & ((df < -t) | ((df <= t) & (dpair < -t)))
+        key = np.where(good, df + 1e-3 * dpair, np.inf).reshape(A, -1)
+        j = np.argmin(key, axis=1)
+        k = key[ra, j]
+        better = k < best_key
+        S = a_items.shape[1]
+        best_key = np.where(better, k, best_key)
+        best_a = np.where(better, a_items[ra, j // ie.shape[1]], best_a)
+        best_b = np.where(better, j % ie.shape[1], best_b)
+        del S
+    none = ~np.isfinite(best_key)
+    best_a[none] = -1
+    best_b[none] = -1
+    return best_a, best_b
+
+
+def _rest_max(top_v, top_i, gc, h):
+    """Largest GPU time outside {gc, h}: top_v/top_i [K, A, 3], gc [A], h [A, N] -> [K, A, N]."""
+    v = top_v[:, :, None, :]  # [K, A, 1, 3]
+    i = top_i[:, :, None, :]
+    out = (i != gc[None, :, None, None]) & (i != h[None, :, :, None])  # [K, A, N, 3]
+    first = np.argmax(out, axis=3)
+    val = np.take_along_axis(np.broadcast_to(v, out.shape), first[..., None], axis=3)[..., 0]
+    return np.where(out.any(axis=3), val, -np.inf)
+
+
+def _apply_swaps(costs, item_expert, item_gpu, T, has, rows, a, b):
+    """Swap the GPUs of items a and b in each row of `rows` and update T and has."""
+    ga, gb = item_gpu[rows, a], item_gpu[rows, b]
+    ea, eb = item_expert[rows, a], item_expert[rows, b]
+    T[:, rows, ga] += costs[:, rows, eb, ga] - costs[:, rows, ea, ga]
+    T[:, rows, gb] += costs[:, rows, ea, gb] - costs[:, rows, eb, gb]
+    has[rows, ea, ga] -= 1
+    has[rows, eb, gb] -= 1
+    has[rows, ea, gb] += 1
+    has[rows, eb, ga] += 1
+    item_gpu[rows, a], item_gpu[rows, b] = gb, ga
+
+
+# ---- the whole solve -----------------------------------------------------------------
+def perturb(item_expert: np.ndarray, item_gpu: np.ndarray, num_swaps: int, rng: np.random.Generator) -> np.ndarray:
+    """Random swaps of items on different GPUs that hold different experts (a restart)."""
+    X, N = item_gpu.shape
+    g = item_gpu.copy()
+    rows = np.arange(X)
+    for _ in range(num_swaps):
+        a, b = rng.integers(0, N, size=(2, X))
+        ok = (g[rows, a] != g[rows, b]) & (item_expert[rows, a] != item_expert[rows, b])
+        # keep the no-duplicate rule: b's expert must not already sit on a's GPU and vice versa
+        for x in np.nonzero(ok)[0]:
+            on_a = item_expert[x, g[x] == g[x, a[x]]]
+            on_b = item_expert[x, g[x] == g[x, b[x]]]
+            if item_expert[x, b[x]] in on_a or item_expert[x, a[x]] in on_b:
+                ok[x] = False
+        r = rows[ok]
+        g[r, a[ok]], g[r, b[ok]] = g[r, b[ok]], g[r, a[ok]]
+    return g
+
+
+def solve_rows(costs: np.ndarray, weights: np.ndarray, item_expert: np.ndarray, overhead: np.ndarray,
+               slots_per_gpu: int, restarts: int = 0, seed: int = 0) -> np.ndarray:
+    """Construction + local search (+ seeded restarts kept only where they pay).
+
+    costs: [K, X, E, G]; item_expert: [X, N]; overhead: [X, G] -> item_gpu [X, N].
+    """
+    gpu = local_search(costs, weights, item_expert,
+                       construct(costs, weights, item_expert, overhead, slots_per_gpu), overhead)
+    best = objective(gpu_times(costs, item_expert, gpu, overhead), weights)
+    rng = np.random.default_rng(seed)
+    for _ in range(restarts):
+        trial = local_search(costs, weights, item_expert, perturb(item_expert, gpu, item_expert.shape[1] // 4, rng),
+                             overhead)
+        f = objective(gpu_times(costs, item_expert, trial, overhead), weights)
+        better = f < best * (1 - 1e-12)
+        gpu[better], best[better] = trial[better], f[better]
+    return gpu
+
+
+def slot_layout(item_expert: np.ndarray, item_gpu: np.ndarray, num_gpus: int) -> np.ndarray:
+    """[X, N] items with their GPUs -> [X, G, S] expert in each slot of each GPU
+    (each GPU's experts in ascending id, a stable canonical order)."""
+    X, N = item_expert.shape
+    key = item_gpu * (item_expert.max(initial=0) + 1) + item_expert
+    order = np.argsort(key, axis=1, kind="stable")
+    return np.take_along_axis(item_expert, order, axis=1).reshape(X, num_gpus, N // num_gpus)
+
+
+# ---- problem set-up shared by `vibe` and `exact` -------------------------------------
+# Default weights of the default operating points (8192, 256): prefill-sized steps set
+# time-to-first-token and are where placement changes times most; the decode-sized
+# point (memory-bound, about flat in tokens) weighs in mainly to stop replicas that only
+# add weight reloads. Other operating points get equal weights unless --weights says.
+DEFAULT_POINT_WEIGHTS = {DEFAULT_BATCH_TOKENS: (0.7, 0.3)}
+
+
+def point_weights(batch_tokens, weights) -> np.ndarray:
+    """[K] normalized weights of the operating points (policy defaults when None)."""
+    if weights is None:
+        weights = DEFAULT_POINT_WEIGHTS.get(tuple(float(b) for b in batch_tokens))
+    return normalize_weights(batch_tokens, weights)
+
+
+def scenarios(loads: ExpertLoads, options) -> tuple[np.ndarray, np.ndarray]:
+    """What the solver optimizes: tokens [K, L, E] per expert and weights [K].
+
+    One scenario per operating point; with options.robust, `robust_samples` re-sampled
+    steps per point (from options.extras traces / traces_path, else multinomial), each
+    weighted 1/samples of its point, so the objective is the expected per-step makespan.
+    """
+    w = point_weights(options.batch_tokens, options.weights)
+    if not options.robust:
+        return np.stack([loads.expert_tokens(b) for b in options.batch_tokens]), w
+    from vibe import stochastic
+
+    trace = options.extras.get("traces")
+    if trace is None and options.extras.get("traces_path"):
+        trace = stochastic.load_traces(options.extras["traces_path"])
+    if trace is not None:
+        stochastic.check_trace_matches(trace, loads, options.extras.get("traces_path", "traces"))
+    n = int(options.extras.get("robust_samples", stochastic.DEFAULT_SAMPLES))
+    if n < 1:
+        raise VibeError("robust_samples must be >= 1")
+    tokens = np.concatenate([stochastic.step_tokens(loads, b, n, options.seed + 7919 * i, trace)
+                             for i, b in enumerate(options.batch_tokens)])
+    return tokens, np.repeat(w / n, n)
+
+
+def layer_rows(loads: ExpertLoads, cluster: Cluster, options, tokens: np.ndarray,
+               weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split the problem into independent rows.
+
+    Flat: one row per layer, all GPUs, all experts. With --num-groups and several
+    nodes (EPLB's hierarchical mode): expert groups go whole to nodes, the heaviest
+    group (by time on the average GPU) to the node that would finish it earliest given
+    its GPUs' speed, equal group count per node; then one row per (layer, node).
+    Returns row_layer [X], row_gpus [X, G'] (global ranks), row_experts [X, E'].
+    """
+    L, E, G = loads.num_layers, loads.num_experts, cluster.num_gpus
+    nodes = np.unique(cluster.nodes)
+    if not options.num_groups or len(nodes) == 1:
+        return np.arange(L), np.tile(np.arange(G), (L, 1)), np.tile(np.arange(E), (L, 1))
+    num_groups, num_nodes = options.num_groups, len(nodes)
+    node_gpus = [np.nonzero(cluster.nodes == n)[0] for n in nodes]
+    if len({len(g) for g in node_gpus}) != 1:
+        raise VibeError("--num-groups needs nodes with equal GPU counts")
+    if num_groups % num_nodes or E % num_groups:
+        raise VibeError(f"--num-groups {num_groups} must divide the {E} experts and be a multiple of "
+                        f"the {num_nodes} nodes")
+    ref = reference_cluster(cluster)
+    work = np.einsum("k,kle->le", weights, expert_time_us(ref, 0, tokens))  # [L, E]
+    group_work = work.reshape(L, num_groups, -1).sum(axis=2)  # [L, groups]
+    # a node's speed: how many 'average experts' per us its GPUs run together
+    gpu_time = np.einsum("k,klg->lg", weights, expert_time_us(cluster, np.arange(G), tokens.mean(axis=2)[..., None]))
+    node_speed = np.stack([(1.0 / gpu_time[:, g]).sum(axis=1) for g in node_gpus], axis=1)  # [L, nodes]
+    per_node = num_groups // num_nodes
+    load = np.zeros((L, num_nodes))
+    filled = np.zeros((L, num_nodes), dtype=np.int64)
+    group_node = np.empty((L, num_groups), dtype=np.int64)
+    rows = np.arange(L)
+    for grp in np.argsort(-group_work, axis=1, kind="stable").T:  # heaviest group first, per layer
+        finish = np.where(filled < per_node, (load + group_work[rows, grp][:, None]) / node_speed, np.inf)
+        n = np.argmin(finish, axis=1)
+        group_node[rows, grp] = n
+        load[rows, n] += group_work[rows, grp]
+        filled[rows, n] += 1
+    size = E // num_groups
+    row_layer = np.repeat(np.arange(L), num_nodes)
+    row_gpus = np.tile(np.stack(node_gpus), (L, 1))
+    row_experts = np.stack([np.concatenate([np.arange(gr * size, (gr + 1) * size)
+                                            for gr in np.nonzero(group_node[l] == n)[0]])
+                            for l in range(L) for n in range(num_nodes)])
+    return row_layer, row_gpus, row_experts
+
+
+def solve_placement(loads: ExpertLoads, cluster: Cluster, options, policy: str,
+                    solve=None) -> tuple[Placement, np.ndarray, np.ndarray]:
+    """Set up rows, replica counts and costs, run `solve` on them, lay out the slots.
+
+    solve(costs [K, X, E', G'], weights [K], item_expert [X, N], overhead [X, G'], S)
+    -> item_gpu [X, N]; default: `solve_rows` with the options' restarts and seed.
+    Returns (placement, tokens [K, L, E], weights [K]).
+    """
+    from vibe.policies.base import slots_per_gpu
+
+    S = slots_per_gpu(loads, cluster, options)
+    tokens, w = scenarios(loads, options)
+    row_layer, row_gpus, row_experts = layer_rows(loads, cluster, options, tokens, w)
+    Gr = row_gpus.shape[1]
+    row_tokens = tokens[:, row_layer[:, None], row_experts]  # [K, X, E']
+    count = allocate_replicas(cluster, row_tokens, w, Gr, Gr * S)
+    items = items_of(count, Gr * S)
+    costs = replica_costs(cluster, row_gpus, row_tokens, count)
+    overhead = cluster.overhead_us[row_gpus]
+    if solve is None:
+        restarts = int(options.extras.get("restarts", DEFAULT_RESTARTS))
+        item_gpu = solve_rows(costs, w, items, overhead, S, restarts, options.seed)
+    else:
+        item_gpu = solve(costs, w, items, overhead, S)
+    local = slot_layout(items, item_gpu, Gr)  # [X, G', S] row-local expert ids
+    experts = np.take_along_axis(row_experts, local.reshape(len(row_layer), -1), axis=1).reshape(local.shape)
+    phy = np.empty((loads.num_layers, cluster.num_gpus * S), dtype=np.int64)
+    phy[row_layer[:, None, None], row_gpus[:, :, None] * S + np.arange(S)] = experts
+    placement = Placement.init_by_mapping(phy, cluster.num_gpus, loads.num_experts, loads.layer_ids, policy)
+    return placement, tokens, w
+
+
+DEFAULT_RESTARTS = 0
+
+
+# ---- replicas that split by speed ----------------------------------------------------
+def speed_split(placement: Placement, cluster: Cluster, tokens: np.ndarray, weights: np.ndarray,
+                rounds: int = 40) -> np.ndarray:
+    """replica_weights [L, P] that give replicas on GPUs with spare time a larger share.
+
+    Multiplicative rebalancing: each slot's share is scaled by (mean GPU time / its
+    GPU's time)^1/2 and renormalized per expert; per layer the best round under the
+    weighted makespan is kept (round 0 is the even split, so this never predicts worse).
+    tokens: [K, L, E]; weights: [K].
+    """
+    from vibe.stochastic import step_gpu_times
+
+    phy = placement.physical_to_logical_map
+    L, P = phy.shape
+    gpu = placement.gpu_of_slot
+    share = placement.slot_share()
+    best_share = share.copy()
+    best_f = None
+    for _ in range(rounds + 1):
+        trial = dataclasses.replace(placement, replica_weights=share)
+        T = step_gpu_times(trial, cluster, tokens)  # [K, L, G]
+        f = np.einsum("k,kl->l", weights, T.max(axis=2))
+        if best_f is None:
+            best_f = f
+        better = f < best_f * (1 - 1e-12)
+        best_share[better], best_f = share[better], np.where(better, f, best_f)
+        Tw = np.einsum("k,klg->lg", weights, T)
+        factor = np.sqrt(Tw.mean(axis=1, keepdims=True) / np.maximum(Tw, 1e-12))[:, gpu]  # [L, P]
+        share = share * factor
+        flat = np.arange(L)[:, None] * placement.num_logical_experts + phy
+        tot = np.bincount(flat.ravel(), weights=share.ravel(), minlength=L * placement.num_logical_experts)
+        share = share / tot[flat]
+    return best_share

@@ -1,0 +1,112 @@
+"""Per-step noise: the expected makespan of real steps, not of the long-run average.
+
+A real step routes the tokens of a few sequences, so its per-expert counts scatter around
+the profiled average, and the slowest GPU of each layer is set by that step's counts.
+Here steps are re-sampled from token-level traces (whole sequences, `RoutingTrace`) or,
+without traces, drawn as independent routings from the average shares (a milder noise:
+real sequences route in correlated bursts). Every time is computed by `vibe.cost`.
+
+Shapes: K sampled steps, L MoE layers, E experts, P physical slots, G GPUs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vibe.cost import gpu_times_from_slot_tokens
+from vibe.errors import InputError
+from vibe.model import Cluster, ExpertLoads, Placement
+from vibe.model.traces import RoutingTrace
+
+DEFAULT_SAMPLES = 16
+
+
+def load_traces(path: str | os.PathLike) -> RoutingTrace:
+    """A RoutingTrace from a vibe .npz trace file or an ESFT domain folder."""
+    p = Path(path)
+    if p.is_dir():
+        from vibe.engines.esft import load_esft_trace
+
+        return load_esft_trace(p)
+    return RoutingTrace.load(p)
+
+
+def check_trace_matches(trace: RoutingTrace, loads: ExpertLoads, source: object = "traces") -> None:
+    """Raise InputError unless the trace routes the same layers and experts as `loads`."""
+    if trace.num_experts != loads.num_experts:
+        raise InputError(source, f"trace has {trace.num_experts} experts, loads have {loads.num_experts}")
+    if tuple(trace.layer_ids) != tuple(loads.layer_ids):
+        raise InputError(source, f"trace layer ids {list(trace.layer_ids)[:4]}... differ from the loads' "
+                                 f"{list(loads.layer_ids)[:4]}...")
+
+
+def trace_step_tokens(trace: RoutingTrace, batch_tokens: float, num_samples: int, seed: int) -> np.ndarray:
+    """[K, L, E] tokens per expert of K steps of `batch_tokens` tokens, each made of whole
+    sequences re-sampled from the trace (seeded)."""
+    rng = np.random.default_rng(seed)
+    B = max(1, int(round(batch_tokens)))
+    return np.stack([trace.sample_batch_counts(B, rng) for _ in range(num_samples)]).astype(np.float64)
+
+
+def multinomial_step_tokens(loads: ExpertLoads, batch_tokens: float, num_samples: int, seed: int) -> np.ndarray:
+    """[K, L, E] tokens per expert of K steps whose B * top_k routings are drawn
+    independently from the average shares (the noise floor when no trace is at hand)."""
+    rng = np.random.default_rng(seed)
+    n = max(1, int(round(batch_tokens * loads.top_k)))
+    shares = loads.shares()
+    empty = shares.sum(axis=1) <= 0
+    shares[empty] = 1.0 / loads.num_experts  # a layer that saw no token: uniform
+    return rng.multinomial(n, shares, size=num_samples).astype(np.float64)
+
+
+def step_tokens(loads: ExpertLoads, batch_tokens: float, num_samples: int, seed: int,
+                trace: RoutingTrace | None = None) -> np.ndarray:
+    """[K, L, E] sampled steps: from the trace when given, else multinomial."""
+    if trace is not None:
+        return trace_step_tokens(trace, batch_tokens, num_samples, seed)
+    return multinomial_step_tokens(loads, batch_tokens, num_samples, seed)
+
+
+def step_gpu_times(placement: Placement, cluster: Cluster, tokens: np.ndarray) -> np.ndarray:
+    """[K, L, G] time of every GPU in every layer of every step.
+
+    tokens: [K, L, E] tokens per expert of each step, split over replicas as the
+    placement says (evenly, or by its replica_weights)."""
+    phy = placement.physical_to_logical_map
+    slot = np.take_along_axis(tokens, np.broadcast_to(phy, tokens.shape[:1] + phy.shape), axis=2)
+    return gpu_times_from_slot_tokens(cluster, slot * placement.slot_share()[None])
+
+
+def step_layer_times(placement: Placement, cluster: Cluster, tokens: np.ndarray) -> np.ndarray:
+    """[K, L] slowest GPU's time of every layer in every step (tokens: [K, L, E])."""
+    return step_gpu_times(placement, cluster, tokens).max(axis=2)
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """Per-step MoE time (sum over layers of the slowest GPU) over sampled steps, in us."""
+
+    batch_tokens: float
+    num_samples: int
+    mean_us: float
+    p50_us: float
+    p95_us: float
+    source: str  # "trace" or "multinomial"
+
+    def to_dict(self) -> dict:
+        return {"batch_tokens": self.batch_tokens, "num_samples": self.num_samples, "mean_us": self.mean_us,
+                "p50_us": self.p50_us, "p95_us": self.p95_us, "source": self.source}
+
+
+def expected_step_time(placement: Placement, loads: ExpertLoads, cluster: Cluster, batch_tokens: float,
+                       num_samples: int = DEFAULT_SAMPLES, seed: int = 0,
+                       trace: RoutingTrace | None = None) -> StepStats:
+    """Expected per-step MoE time of `placement` at operating point `batch_tokens`."""
+    per_step = step_layer_times(placement, cluster, step_tokens(loads, batch_tokens, num_samples, seed, trace))
+    total = per_step.sum(axis=1)
+    return StepStats(float(batch_tokens), int(num_samples), float(total.mean()), float(np.percentile(total, 50)),
+                     float(np.percentile(total, 95)), "trace" if trace is not None else "multinomial")
