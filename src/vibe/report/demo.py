@@ -97,6 +97,8 @@ def section_place(run: DemoRun) -> None:
                 placement.save(path)
                 run.written.append(path)
             bar.advance(task)
+    if not run.placements:
+        raise VibeError(f"no policy could place this demo: {next(iter(run.skipped.values()), 'none registered')}")
     for name, why in run.skipped.items():
         run.console.print(f"[yellow]skipped policy {name}[/]: {why}")
 
