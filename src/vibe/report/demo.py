@@ -21,7 +21,7 @@ from vibe.cost import DEFAULT_BATCH_TOKENS, PointMetrics, evaluate, layer_lower_
 from vibe.errors import VibeError
 from vibe.io import write_json_atomic
 from vibe.model import Cluster, ExpertLoads, Placement
-from vibe.policies import PlacementOptions, available_policies, place
+from vibe.policies import PlacementOptions, available_policies, place, slots_per_gpu
 from vibe.report.plots import GpuTimesPanel, plot_gpu_times
 from vibe.synth import synth_cluster, synth_loads_for_model
 
@@ -163,6 +163,7 @@ def run_demo(out_dir: str | Path = "demo-out", *, model: str = DEFAULT_MODEL, nu
                   options=PlacementOptions(redundant=redundant, batch_tokens=tuple(batch_tokens), seed=seed,
                                            time_limit_s=5.0),
                   out_dir=Path(out_dir), console=console or Console(highlight=False))
+    slots_per_gpu(run.loads, run.cluster, run.options)  # a bad layout fails before any file is written
     run.out_dir.mkdir(parents=True, exist_ok=True)
     for section in DEMO_SECTIONS if sections is None else sections:
         section(run)
