@@ -85,7 +85,7 @@ def import_loads(args: argparse.Namespace) -> tuple[ExpertLoads, RoutingTrace | 
 
 
 def _import_esft(args: argparse.Namespace, moe_layers) -> tuple[ExpertLoads, RoutingTrace]:
-    from vibe.engines.esft import load_esft_traces, trace_loads
+    from vibe.engines.esft import load_esft_traces
 
     kw = {"top_k": args.top_k or 6, "num_experts": args.num_experts or 64}
     if args.model:
@@ -98,7 +98,7 @@ def _import_esft(args: argparse.Namespace, moe_layers) -> tuple[ExpertLoads, Rou
         picked, ids = apply_moe_layers(rows, trace.layer_ids, moe_layers, args.paths[0])
         trace = RoutingTrace(trace.experts[picked[:, 0]], trace.seq_offsets, trace.num_experts, ids, trace.model)
     source = "esft:" + "+".join(Path(p).name for p in args.paths)
-    return trace_loads(trace, source), trace
+    return trace.to_loads(source), trace
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -122,10 +122,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 def read_profile(path: str) -> tuple[ExpertLoads, RoutingTrace | None]:
     """A vibe.loads/v1 file, or a trace .npz (its loads are its routing counts)."""
     if str(path).endswith(".npz"):
-        from vibe.engines.esft import trace_loads
-
         trace = RoutingTrace.load(path)
-        return trace_loads(trace, f"trace:{Path(path).name}"), trace
+        return trace.to_loads(f"trace:{Path(path).name}"), trace
     return ExpertLoads.load(path), None
 
 

@@ -108,9 +108,3 @@ def load_esft_traces(folders, top_k: int = 6, num_experts: int = 64,
     except InputError:
         raise InputError(folders[-1], "its layers differ from the other domain folders'") from None
 
-
-def trace_loads(trace, source: str) -> ExpertLoads:
-    """Routing counts of a trace as ExpertLoads, remembering where they came from."""
-    return ExpertLoads(trace.counts(), trace.top_k, trace.layer_ids, trace.model,
-                       extra={"source": source, "tokens": int(trace.num_tokens),
-                              "sequences": int(trace.num_sequences)})

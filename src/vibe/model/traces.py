@@ -78,8 +78,12 @@ class RoutingTrace:
         key = (seq_of_token[None, :, None] * L + np.arange(L)[:, None, None]) * E + self.experts
         return np.bincount(key.ravel(), minlength=N * L * E).astype(np.int32).reshape(N, L, E)
 
-    def to_loads(self) -> ExpertLoads:
-        return ExpertLoads(self.counts(), self.top_k, self.layer_ids, self.model)
+    def to_loads(self, source: str | None = None) -> ExpertLoads:
+        """Routing counts as ExpertLoads; with `source`, extra keys record where they came
+        from and how many tokens and sequences they hold."""
+        extra = {} if source is None else {"source": source, "tokens": int(self.num_tokens),
+                                           "sequences": int(self.num_sequences)}
+        return ExpertLoads(self.counts(), self.top_k, self.layer_ids, self.model, extra)
 
     def _sample_sequences(self, batch_tokens: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
         """(sequence ids [n], tokens kept of the last one): whole sequences drawn at random
