@@ -158,103 +158,129 @@ def _top3(T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def local_search(costs: np.ndarray, weights: np.ndarray, item_expert: np.ndarray, item_gpu: np.ndarray,
                  overhead: np.ndarray, max_rounds: int | None = None) -> np.ndarray:
-    """Swap items between a critical GPU and any other GPU while the weighted makespan
-    drops (or stays equal while the pair's larger time drops, which walks off plateaus
-    where several GPUs tie at the max). One best swap per row and round, all rows at once.
+    """Swap items between the most loaded GPUs and lightly loaded ones while the weighted
+    makespan drops, or stays equal while the pair's larger time drops (which walks off
+    plateaus where several GPUs tie at the max, and evens out the GPUs just below it).
+
+    Each round, every row evaluates at once the swaps of the CRITICAL_GPUS busiest GPUs
+    (plus each scenario's critical GPU) with the PARTNER_GPUS least-loaded ones, and
+    applies the best improving swaps whose GPU pairs are disjoint. A row stops when no
+    partner offers an improving swap (up to FULL_SEARCH_GPUS GPUs, all GPUs are tried
+    before it stops). All rows advance together.
 
     costs: [K, X, E, G]; item_expert, item_gpu: [X, N]. Returns the improved item_gpu.
     """
     K, X, E, G = costs.shape
-    N = item_expert.shape[1]
     item_gpu = item_gpu.copy()
     if G < 2 or X == 0:
         return item_gpu
-    w = weights
     T = gpu_times(costs, item_expert, item_gpu, overhead)
     has = np.zeros((X, E, G), dtype=np.int64)
     np.add.at(has, (np.arange(X)[:, None], item_expert, item_gpu), 1)
+    scale = np.maximum(objective(T, weights), 1e-12)  # [X] for tolerances
     active = np.arange(X)
-    max_rounds = max_rounds or 20 * N + 100
-    scale = np.maximum(objective(T, w), 1e-12)  # [X] for tolerances
-    for _ in range(max_rounds):
+    few = min(G - 1, PARTNER_GPUS)
+    for _ in range(max_rounds or 20 * item_expert.shape[1] + 100):
         if active.size == 0:
             break
-        best = _best_swaps(costs, w, item_expert, item_gpu, T, has, active, scale)
-        moved = best[0] >= 0
-        if not moved.any():
-            break
-        a_idx, b_idx = best[0][moved], best[1][moved]
-        rows = active[moved]
-        _apply_swaps(costs, item_expert, item_gpu, T, has, rows, a_idx, b_idx)
-        active = rows
+        swaps = _best_swaps(costs, weights, item_expert, item_gpu, T, has, active, scale, few)
+        stuck = (swaps[0] < 0).all(axis=1)
+        if few < G - 1 and G <= FULL_SEARCH_GPUS and stuck.any():
+            full = _best_swaps(costs, weights, item_expert, item_gpu, T, has, active[stuck], scale, G - 1)
+            swaps[0][stuck], swaps[1][stuck] = full
+        moved = (swaps[0] >= 0).any(axis=1)
+        for q in range(swaps[0].shape[1]):
+            ok = swaps[0][:, q] >= 0
+            _apply_swaps(costs, item_expert, item_gpu, T, has, active[ok], swaps[0][ok, q], swaps[1][ok, q])
+        active = active[moved]
     return item_gpu
 
 
-def _best_swaps(costs, w, item_expert, item_gpu, T, has, active, scale):
-    """For each active row, the best improving swap (item a on a critical GPU, item b
-    elsewhere), as (a [A], b [A]) with -1 where none improves."""
+PARTNER_GPUS = 8  # least-loaded GPUs searched for a swap partner
+CRITICAL_GPUS = 4  # busiest GPUs that look for a partner in each round
+FULL_SEARCH_GPUS = 32  # up to this EP size a row stops only at a full-neighbourhood optimum
+
+
+def _critical_gpus(Ta: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """[K, A, G] times -> [A, Q] GPUs to unload: each scenario's busiest GPU, then the
+    busiest by weighted time relative to each scenario's makespan."""
+    rel = np.einsum("k,kag->ag", w, Ta / np.maximum(Ta.max(axis=2, keepdims=True), 1e-12))
+    top = np.argsort(-rel, axis=1, kind="stable")[:, :CRITICAL_GPUS]
+    return np.concatenate([np.argmax(Ta, axis=2).T, top], axis=1)
+
+
+def _best_swaps(costs, w, item_expert, item_gpu, T, has, r, scale, num_partners):
+    """For each row in r, improving swaps of an item a on a critical GPU with an item b
+    on one of the `num_partners` least-loaded other GPUs: the best per critical GPU,
+    kept best-first while their GPU pairs stay disjoint. Returns (a [A, Q], b [A, Q]),
+    -1 where none."""
     K = costs.shape[0]
-    r = active
+    G = T.shape[2]
     A = r.size
+    ra = np.arange(A)[:, None]
     Ta = T[:, r]  # [K, A, G]
     M = Ta.max(axis=2)  # [K, A]
     top_v, top_i = _top3(Ta)
     ie, ig = item_expert[r], item_gpu[r]  # [A, N]
-    h = ig
-    eb = ie
-    tol = 1e-9 * scale[r]
-    best_key = np.full(A, np.inf)
-    best_a = np.full(A, -1)
-    best_b = np.full(A, -1)
-    ra = np.arange(A)
-    crit_gpus = np.unique(np.argmax(Ta, axis=2), axis=0)  # [<=K, A] one critical GPU per scenario
-    for gc in crit_gpus:
-        on_c = ig == gc[:, None]  # [A, N]
-        # items on gc (exactly S of them), in item order
-        a_items = np.argsort(~on_c, axis=1, kind="stable")[:, : int(on_c.sum(axis=1).min())]  # [A, S]
-        ea = np.take_along_axis(ie, a_items, axis=1)  # [A, S]
-        xs = r[:, None]
-        c_a_gc = costs[:, xs, ea, gc[:, None]]  # [K, A, S]
-        c_b_gc = costs[:, xs, eb, gc[:, None]]  # [K, A, N]
-        c_b_h = costs[:, xs, eb, h]  # [K, A, N]
-        c_a_h = costs[:, r[:, None, None], ea[:, :, None], h[:, None, :]]  # [K, A, S, N]
-        Tg = Ta[:, ra, gc]  # [K, A]
-        Th = np.take_along_axis(Ta, h[None].repeat(K, 0), axis=2)  # [K, A, N]
-        new_g = Tg[..., None, None] - c_a_gc[..., None] + c_b_gc[:, :, None, :]
-        new_h = Th[:, :, None, :] - c_b_h[:, :, None, :] + c_a_h
-        rest = _rest_max(top_v, top_i, gc, h)  # [K, A, N]
-        new_m = np.maximum(np.maximum(new_g, new_h), rest[:, :, None, :])
-        df = np.einsum("k,kasn->asn", w, new_m - M[..., None, None])
-        dpair = np.einsum("k,kasn->asn", w, np.maximum(new_g, new_h)
-                          - np.maximum(Tg[..., None], Th)[:, :, None, :])
-        valid = (h != gc[:, None])[:, None, :] & (ea[:, :, None] != eb[:, None, :])
-        valid &= has[xs[..., None], ea[:, :, None], h[:, None, :]] == 0
-        valid &= (has[xs, eb, gc[:, None]] == 0)[:, None, :]
-        t = tol[:, None, None]
-        good = valid & ((df < -t) | ((df <= t) & (dpair < -t)))
-        key = np.where(good, df + 1e-3 * dpair, np.inf).reshape(A, -1)
-        j = np.argmin(key, axis=1)
-        k = key[ra, j]
-        better = k < best_key
-        S = a_items.shape[1]
-        best_key = np.where(better, k, best_key)
-        best_a = np.where(better, a_items[ra, j // ie.shape[1]], best_a)
-        best_b = np.where(better, j % ie.shape[1], best_b)
-        del S
-    none = ~np.isfinite(best_key)
-    best_a[none] = -1
-    best_b[none] = -1
-    return best_a, best_b
+    S = ie.shape[1] // G
+    by_gpu = np.argsort(ig, axis=1, kind="stable").reshape(A, G, S)  # items of each GPU
+    gc = _critical_gpus(Ta, w)  # [A, Q]
+    Q = gc.shape[1]
+    load = np.einsum("k,kag->ag", w, Ta)
+    part = np.argsort(load, axis=1, kind="stable")[:, :num_partners + 1]  # [A, m+1] (may include a gc)
+    b_items = by_gpu[ra, part].reshape(A, -1)  # [A, Nb]
+    h = np.repeat(part, S, axis=1)  # [A, Nb]
+    a_items = by_gpu[ra, gc]  # [A, Q, S]
+    ea = np.take_along_axis(ie[:, None, :], a_items, axis=2)  # [A, Q, S]
+    eb = np.take_along_axis(ie, b_items, axis=1)  # [A, Nb]
+    xs = r[:, None, None, None]
+    c_a_gc = costs[:, r[:, None, None], ea, gc[:, :, None]]  # [K, A, Q, S]
+    c_b_gc = costs[:, r[:, None, None], eb[:, None, :], gc[:, :, None]]  # [K, A, Q, Nb]
+    c_b_h = costs[:, r[:, None], eb, h]  # [K, A, Nb]
+    c_a_h = costs[:, xs, ea[..., None], h[:, None, None, :]]  # [K, A, Q, S, Nb]
+    Tg = np.take_along_axis(Ta, np.broadcast_to(gc, (K,) + gc.shape), axis=2)  # [K, A, Q]
+    Th = np.take_along_axis(Ta, np.broadcast_to(h, (K,) + h.shape), axis=2)  # [K, A, Nb]
+    new_g = Tg[..., None, None] - c_a_gc[..., None] + c_b_gc[:, :, :, None, :]
+    new_h = (Th - c_b_h)[:, :, None, None, :] + c_a_h
+    pair = np.maximum(new_g, new_h)  # [K, A, Q, S, Nb]
+    rest = _rest_max(top_v, top_i, gc, h)  # [K, A, Q, Nb]
+    df = np.einsum("k,kaqsn->aqsn", w, np.maximum(pair, rest[:, :, :, None, :]) - M[:, :, None, None, None])
+    old_pair = np.maximum(Tg[..., None], Th[:, :, None, :])  # [K, A, Q, Nb]
+    dpair = np.einsum("k,kaqsn->aqsn", w, pair - old_pair[:, :, :, None, :])
+    valid = (h[:, None, :] != gc[:, :, None])[:, :, None, :] & (ea[..., None] != eb[:, None, None, :])
+    valid &= has[xs[0], ea[..., None], h[:, None, None, :]] == 0
+    valid &= (has[r[:, None, None], eb[:, None, :], gc[:, :, None]] == 0)[:, :, None, :]
+    tol = 1e-9 * scale[r][:, None, None, None]
+    good = valid & ((df < -tol) | ((df <= tol) & (dpair < -tol)))
+    key = np.where(good, df + 1e-3 * dpair, np.inf).reshape(A, Q, -1)
+    j = np.argmin(key, axis=2)  # [A, Q]
+    kq = np.take_along_axis(key, j[..., None], axis=2)[..., 0]
+    Nb = b_items.shape[1]
+    cand_a = np.take_along_axis(a_items, (j // Nb)[..., None], axis=2)[..., 0]
+    cand_b = np.take_along_axis(b_items, j % Nb, axis=1)
+    cand_h = np.take_along_axis(h, j % Nb, axis=1)
+    # keep the best-first swaps whose GPU pairs are disjoint
+    out_a = np.full((A, Q), -1)
+    out_b = np.full((A, Q), -1)
+    used = np.zeros((A, G), dtype=bool)
+    rows = np.arange(A)
+    for q in np.argsort(kq, axis=1, kind="stable").T:
+        g_q, h_q = gc[rows, q], cand_h[rows, q]
+        take = np.isfinite(kq[rows, q]) & ~used[rows, g_q] & ~used[rows, h_q]
+        out_a[rows[take], q[take]] = cand_a[rows[take], q[take]]
+        out_b[rows[take], q[take]] = cand_b[rows[take], q[take]]
+        used[rows[take], g_q[take]] = True
+        used[rows[take], h_q[take]] = True
+    return out_a, out_b
 
 
 def _rest_max(top_v, top_i, gc, h):
-    """Largest GPU time outside {gc, h}: top_v/top_i [K, A, 3], gc [A], h [A, N] -> [K, A, N]."""
-    v = top_v[:, :, None, :]  # [K, A, 1, 3]
-    i = top_i[:, :, None, :]
-    out = (i != gc[None, :, None, None]) & (i != h[None, :, :, None])  # [K, A, N, 3]
-    first = np.argmax(out, axis=3)
-    val = np.take_along_axis(np.broadcast_to(v, out.shape), first[..., None], axis=3)[..., 0]
-    return np.where(out.any(axis=3), val, -np.inf)
+    """Largest GPU time outside {gc, h}: top_v/top_i [K, A, 3], gc [A, Q], h [A, Nb] -> [K, A, Q, Nb]."""
+    i = top_i[:, :, None, None, :]  # [K, A, 1, 1, 3]
+    out = (i != gc[None, :, :, None, None]) & (i != h[None, :, None, :, None])  # [K, A, Q, Nb, 3]
+    first = np.argmax(out, axis=4)
+    val = np.take_along_axis(np.broadcast_to(top_v[:, :, None, None, :], out.shape), first[..., None], axis=4)[..., 0]
+    return np.where(out.any(axis=4), val, -np.inf)
 
 
 def _apply_swaps(costs, item_expert, item_gpu, T, has, rows, a, b):
