@@ -175,14 +175,15 @@ def _comparison_table(run: DemoRun, index: int, batch: float) -> Table:
     kind = "prefill-sized" if batch == max(run.options.batch_tokens) else "decode-sized"
     table = Table(title=f"B={batch:g} tokens ({kind}): lower bound {run.layer_bounds[batch].sum():,.0f} us")
     table.add_column("policy", no_wrap=True)
-    for col in ("MoE us/step", "x LB", "imbalance", "idle", "place"):
+    for col in ("MoE us/step", "vs best", "x LB", "imbalance", "idle", "place"):
         table.add_column(col, justify="right", no_wrap=True)
-    best = min(run.points, key=lambda n: run.points[n][index].moe_time_us)
+    best = min(p[index].moe_time_us for p in run.points.values())
     for name, points in run.points.items():
         p = points[index]
-        style = "bold green" if name == best else None
-        table.add_row(name, f"{p.moe_time_us:,.0f}", f"{p.ratio_to_lb:.3f}", f"{p.imbalance:.3f}",
-                      f"{100 * p.idle_fraction:.1f}%", f"{run.place_seconds[name] * 1000:,.0f} ms", style=style)
+        table.add_row(name, f"{p.moe_time_us:,.0f}", f"{p.moe_time_us / best:.3f}", f"{p.ratio_to_lb:.3f}",
+                      f"{p.imbalance:.3f}", f"{100 * p.idle_fraction:.1f}%",
+                      f"{run.place_seconds[name] * 1000:,.0f} ms",
+                      style="bold green" if p.moe_time_us == best else None)
     return table
 
 
