@@ -215,11 +215,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows))
         return 0
-    t = Table(title=f"{args.b} vs {args.a} (time ratio, >1 = slower)")
-    for col in ("rank", "name", "overall", "memory-bound", "compute-bound", "knee", "verdict"):
+    t = Table(title=f"{Path(args.b).name} vs {Path(args.a).name}: time ratio per regime (>1 = slower)")
+    for col in ("rank", "name", "overall", "memory", "compute", "knee", "verdict"):
         t.add_column(col, justify="left" if col in ("name", "verdict") else "right")
     for r in rows:
-        verdict = r["verdict"] if r["regime"] is None else f"{r['verdict']} ({r['regime']}-bound)"
+        verdict = r["verdict"] if r["regime"] is None else f"{r['verdict']}, {r['regime']}"
         t.add_row(str(r["rank"]), r["name"], f"{r['ratio']:.3f}", f"{r['memory_ratio']:.3f}",
                   f"{r['compute_ratio']:.3f}", _n(round(r["knee_tokens"], 1)), verdict)
     console.print(t)
