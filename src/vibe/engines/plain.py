@@ -88,7 +88,12 @@ def read_json_counts(path: str | os.PathLike) -> RawCounts:
     if not isinstance(obj, dict):
         raise InputError(path, "expected a JSON object or a list of count rows")
     key = "counts" if "counts" in obj else "logical_count"
-    counts = numeric_array(obj.get(key), key, path, np.ndim(obj.get(key)) if obj.get(key) is not None else 2)
+    if obj.get(key) is None:
+        raise InputError(path, "holds no 'counts' or 'logical_count'")
+    try:
+        counts = np.asarray(obj[key], dtype=np.float64)
+    except (ValueError, TypeError):
+        raise InputError(path, f"{key!r} is ragged or not numeric") from None
     if counts.ndim == 3:  # SGLang keeps a leading window axis: sum it.
         counts = counts.sum(axis=0)
     counts = check_counts(counts, path)

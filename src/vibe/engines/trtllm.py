@@ -99,6 +99,8 @@ def _read_rank_file(path: Path, width: int) -> tuple[dict[int, np.ndarray], set[
         if vec.shape != (width,) or vec.dtype.kind not in "iuf":
             raise InputError(path, f"{key!r}: {vec.dtype} {list(vec.shape)}, expected [{width}] counts"
                                    + (" (per-slot counts need the placement in use: --placement)" if vec.ndim == 1 else ""))
+        if np.any(vec < 0) or not np.all(np.isfinite(vec)):
+            raise InputError(path, f"{key!r} holds a negative count or a non-finite value")
         it, layer = int(m.group(1)), int(m.group(2))
         iters.add(it)
         per_layer[layer] = per_layer.get(layer, 0) + vec.astype(np.float64)
