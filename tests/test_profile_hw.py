@@ -57,7 +57,7 @@ def test_cpu_profile_file_validates(cpu_file):
     assert g.extra["fit"]["max_rel_error"] <= 0.15
     assert np.max(np.abs(g.latency_us / med - 1)) <= 0.15
     assert g.telemetry.get("source") == "procfs" and g.telemetry.get("logical_cores", 0) >= 1
-    assert g.extra["measured"]["timing"] == "wall-clock"
+    assert g.extra["measured"]["timing"] == "thread-cpu-time"
 
 
 def test_cpu_curve_grows_with_tokens(cpu_file):

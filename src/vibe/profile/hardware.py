@@ -13,7 +13,8 @@ How it is timed:
   L2); one sample = the time of one pass over the copies / number of copies.
 * GPUs (CUDA, and ROCm through torch's HIP build): device-side timing with CUDA events
   around a CUDA-graph replay (no launch gaps, like engines' graph mode; eager if the
-  graph cannot be captured). CPU: wall clock (perf_counter_ns).
+  graph cannot be captured). CPU: the working thread's CPU time with one torch thread
+  (robust to other jobs on a shared machine), else wall clock.
 * Several GPUs are profiled at the same time, one process per GPU (torch.multiprocessing
   spawn), all starting together behind a barrier, so each GPU is measured under the
   node's real power and thermal load.
@@ -263,7 +264,7 @@ def _as_graph(fn: Callable[[], None], device: str) -> tuple[Callable[[], None], 
     import torch
 
     if device == "cpu":
-        return fn, "wall-clock"
+        return fn, "thread-cpu-time" if torch.get_num_threads() == 1 else "wall-clock"
     try:
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
@@ -283,11 +284,16 @@ def _timer(device: str) -> Callable[[Callable[[], None]], float]:
     import torch
 
     if device == "cpu":
-        def wall(fn):
-            t0 = time.perf_counter_ns()
+        # One torch thread: count the CPU time of the thread doing the work, so time
+        # spent waiting for a core that other jobs hold is not measured. More threads:
+        # wall clock (their CPU times overlap).
+        clock = time.thread_time_ns if torch.get_num_threads() == 1 else time.perf_counter_ns
+
+        def cpu(fn):
+            t0 = clock()
             fn()
-            return (time.perf_counter_ns() - t0) / 1000.0
-        return wall
+            return (clock() - t0) / 1000.0
+        return cpu
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
     def events(fn):
@@ -344,7 +350,7 @@ def _pci_bus_id(device: str) -> str | None:
     p = torch.cuda.get_device_properties(device)
     if not hasattr(p, "pci_bus_id"):
         return None
-    return f"{getattr(p, 'pci_domain_id', 0):08x}:{p.pci_bus_id:02x}:{getattr(p, 'pci_device_id', 0):02x}.0"
+    return f"{getattr(p, 'pci_domain_id', 0):08X}:{p.pci_bus_id:02X}:{getattr(p, 'pci_device_id', 0):02X}.0"
 
 
 def _telemetry(device: str) -> dict:
