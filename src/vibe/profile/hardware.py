@@ -338,7 +338,7 @@ def device_name(device: str) -> str:
     if device == "cpu":
         import platform
 
-        return f"CPU {platform.processor() or platform.machine()}".strip()
+        return f"CPU {device_telemetry('cpu').get('cpu_model') or platform.machine()}"
     import torch
 
     return torch.cuda.get_device_name(device)
