@@ -156,3 +156,15 @@ def check_model_matches(model: ModelSpec, num_layers: int, num_experts: int, top
     if top_k is not None and top_k != model.top_k:
         raise InputError(source, f"has top_k={top_k}, model {model.name} routes top-{model.top_k}")
 
+
+
+def generic_model(loads, cluster=None) -> ModelSpec:
+    """A model with the loads' shape when no preset fits: expert sizes from the cluster
+    file's `expert` block (else 4096 / 1408), GQA attention with 32 x 128-d heads, 8 KV heads."""
+    expert = getattr(cluster, "expert", None) or {}
+    hidden = int(expert.get("hidden", 4096))
+    inter = int(expert.get("intermediate", 1408))
+    attn = _gqa_attention(hidden, 32, 8, 128)
+    return ModelSpec(f"generic-{loads.num_layers}x{loads.num_experts}-top{loads.top_k}", loads.num_layers,
+                     tuple(range(loads.num_layers)), loads.num_experts, loads.top_k, hidden, inter,
+                     attn, attn, 2 * 8 * 128 * 2, 2 * 2 * 32 * 128, 2.0)

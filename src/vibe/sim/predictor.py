@@ -116,11 +116,14 @@ def make_router(loads: ExpertLoads, placement: Placement, trace: RoutingTrace | 
         raise VibeError(f"unknown routing mode {mode!r} (sample, expected)")
     if trace is None:
         return profile_router(loads)
-    if (trace.num_layers, trace.num_experts) != (placement.num_layers, placement.num_logical_experts):
-        raise InputError("routing trace", f"is for {trace.num_layers} layers x {trace.num_experts} experts, "
-                                          f"the placement for {placement.num_layers} x "
-                                          f"{placement.num_logical_experts}")
+    check_trace_matches(trace, placement)
     return trace_router(trace)
+
+
+def check_trace_matches(trace: RoutingTrace, placement: Placement, source: object = "routing trace") -> None:
+    if (trace.num_layers, trace.num_experts) != (placement.num_layers, placement.num_logical_experts):
+        raise InputError(source, f"is for {trace.num_layers} layers x {trace.num_experts} experts, "
+                                 f"the placement for {placement.num_layers} x {placement.num_logical_experts}")
 
 
 # ---- the predictor -------------------------------------------------------------------
@@ -206,3 +209,15 @@ class Predictor:
         dense = self.dense_us(tokens, context, dense_scale)
         idle = 1.0 - float(T.mean(axis=1).sum()) / moe if moe > 0 else 0.0
         return StepTime(moe + a2a + dense, moe, a2a, dense, idle, T.argmax(axis=1))
+
+
+def load_routing_trace(path) -> RoutingTrace:
+    """A vibe.trace/v1 .npz file, or an ESFT domain folder of expert_weights_<i>.txt[.gz]."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.is_dir():
+        from vibe.engines.esft import load_esft_trace
+
+        return load_esft_trace(p)
+    return RoutingTrace.load(p)

@@ -1,0 +1,165 @@
+"""`vibe simulate` (one serving simulation) and `vibe sweep` (policies x QPS x seeds)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from vibe.cli._common import console, err_console
+from vibe.errors import VibeError
+from vibe.model import Cluster, ExpertLoads, Placement
+from vibe.policies import PlacementOptions, available_policies, place
+
+
+def register(cli) -> None:
+    s = cli.command("simulate", "simulate serving with a placement: TTFT, TPOT, SLO attainment", cmd_simulate)
+    s.add_argument("--placement", required=True, help="vibe.placement/v1 file")
+    _add_common(s)
+    s.add_argument("--qps", type=float, default=None, help="request rate (with --trace: rescale the trace to it)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+
+    w = cli.command("sweep", "simulate policies x QPS x seeds in parallel and write a report folder", cmd_sweep)
+    _add_common(w)
+    w.add_argument("--policies", nargs="+", default=None, metavar="NAME",
+                   help=f"policies to place with (default: linear eplb vibe; available: {', '.join(available_policies())})")
+    w.add_argument("--redundant", type=int, default=0, metavar="R", help="extra replica slots per layer")
+    w.add_argument("--qps", type=float, nargs="+", required=True, metavar="X")
+    w.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="K")
+    w.add_argument("--workers", type=int, default=None, help="local processes (default: all cores)")
+    w.add_argument("--ray-address", default=None, help="run on a Ray cluster at this address (needs ray)")
+    w.add_argument("--out", required=True, help="report folder to write")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cluster", required=True, help="vibe.cluster/v1 file")
+    p.add_argument("--loads", required=True, help="vibe.loads/v1 file (the routing profile)")
+    p.add_argument("--model", default=None,
+                   help="deepseek-v3, deepseek-v2-lite, qwen3-235b-a22b, mixtral-8x7b or a vibe.model/v1 .json "
+                        "(default: the preset with the loads' shape)")
+    p.add_argument("--trace", default=None, help="Azure LLM request trace CSV (TIMESTAMP,ContextTokens,GeneratedTokens)")
+    p.add_argument("--input-len", type=int, default=1024, metavar="N", help="prompt tokens (Poisson workload)")
+    p.add_argument("--output-len", type=int, default=128, metavar="M", help="generated tokens (Poisson workload)")
+    p.add_argument("--duration", type=float, default=60.0, metavar="S", help="seconds of arrivals")
+    p.add_argument("--max-requests", type=int, default=None)
+    p.add_argument("--slo-ttft-ms", type=float, default=2000.0)
+    p.add_argument("--slo-tpot-ms", type=float, default=100.0)
+    p.add_argument("--routing-trace", default=None,
+                   help="token-level routing (.npz or ESFT folder) re-sampled every step instead of the loads profile")
+    p.add_argument("--routing", choices=("sample", "expected"), default="sample",
+                   help="per-step routed tokens: drawn (default) or their expectation (no noise)")
+    p.add_argument("--max-batch-tokens", type=int, default=8192, help="token budget per step")
+    p.add_argument("--max-running", type=int, default=256, help="requests running at once")
+    p.add_argument("--kv-tokens", type=int, default=None, help="KV-cache capacity in tokens (default: unlimited)")
+    p.add_argument("--jitter", type=float, default=0.0, metavar="CV", help="per-step GPU time noise (log-normal sigma)")
+    p.add_argument("--drift-gpus", type=int, default=0, help="GPUs that heat up and slow down")
+    p.add_argument("--drift-slowdown", type=float, default=0.15, help="their final extra time fraction")
+    p.add_argument("--drift-start", type=float, default=120.0, metavar="S", help="earliest drift onset (s)")
+
+
+def _spec(args: argparse.Namespace, loads: ExpertLoads):
+    from vibe.sim.hardware import HardwareModel
+    from vibe.sim.models import model_for_loads
+    from vibe.sim.scheduler import SchedulerConfig
+    from vibe.sim.sweep import SweepSpec
+
+    if args.duration <= 0:
+        raise VibeError("--duration must be > 0")
+    if args.slo_ttft_ms <= 0 or args.slo_tpot_ms <= 0:
+        raise VibeError("SLO limits must be > 0 ms")
+    if args.trace is None and args.qps is None:
+        raise VibeError("give --qps (Poisson arrivals) or --trace FILE")
+    return SweepSpec(
+        model=model_for_loads(loads, args.model), duration_s=args.duration, input_len=args.input_len,
+        output_len=args.output_len, request_trace=args.trace, max_requests=args.max_requests,
+        slo_ttft_ms=args.slo_ttft_ms, slo_tpot_ms=args.slo_tpot_ms,
+        scheduler=SchedulerConfig(args.max_batch_tokens, args.max_running, args.kv_tokens),
+        hardware=HardwareModel(args.jitter, args.drift_gpus, args.drift_slowdown, args.drift_start),
+        routing=args.routing, routing_trace=args.routing_trace)
+
+
+def _inputs(args: argparse.Namespace) -> tuple[Cluster, ExpertLoads]:
+    return Cluster.load(args.cluster), ExpertLoads.load(args.loads)
+
+
+def _check_trace(spec, placement: Placement) -> None:
+    """Read the routing trace once up front so a bad file fails before any work."""
+    if spec.routing_trace is not None:
+        from vibe.sim.predictor import check_trace_matches, load_routing_trace
+        from vibe.sim.sweep import _TRACES
+
+        trace = load_routing_trace(spec.routing_trace)
+        check_trace_matches(trace, placement, spec.routing_trace)
+        _TRACES[spec.routing_trace] = trace
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from vibe.sim.hardware import check_hardware
+    from vibe.sim.sweep import run_point
+    from vibe.sim.workload import check_qps
+
+    cluster, loads = _inputs(args)
+    placement = Placement.load(args.placement)
+    placement.check_fits(cluster, args.placement)
+    placement.check_matches(loads, args.placement)
+    spec = _spec(args, loads)
+    if args.qps is not None:
+        check_qps(args.qps)
+    check_hardware(spec.hardware, cluster.num_gpus)
+    _check_trace(spec, placement)
+    row = run_point(spec, cluster, loads, placement, placement.policy or "placement", args.qps, args.seed)
+    if args.json:
+        print(json.dumps(row))
+        return 0
+    table = Table(title=f"{row['policy']}: {row['requests']} requests at {row['qps']:.3g} QPS on "
+                        f"{cluster.num_gpus} GPUs ({spec.model.name}), {row['simulated_s']:.1f} s simulated")
+    for col in ("", "P50", "P90", "P99", "mean"):
+        table.add_column(col, justify="right")
+    for key, label in (("ttft_ms", "TTFT (ms)"), ("tpot_ms", "TPOT (ms)"), ("e2e_ms", "end-to-end (ms)")):
+        table.add_row(label, *(f"{row[key][k]:,.1f}" for k in ("p50", "p90", "p99", "mean")))
+    console.print(table)
+    st = row["steps"]
+    console.print(f"SLO attainment (TTFT <= {spec.slo_ttft_ms:g} ms, TPOT <= {spec.slo_tpot_ms:g} ms): "
+                  f"[bold]{100 * row['slo_attainment']:.1f}%[/]; throughput {row['throughput_tok_s']:,.0f} tok/s; "
+                  f"{row['finished']}/{row['requests']} finished")
+    console.print(f"{st['steps']} steps, mean {st['mean_step_ms']:.1f} ms ({100 * st['moe_share']:.0f}% MoE, "
+                  f"{100 * st['a2a_share']:.0f}% all-to-all), {100 * st['idle_at_barrier']:.1f}% GPU time idle at "
+                  f"MoE barriers; slowest GPU most often: {st['top_straggler_gpu']} "
+                  f"({100 * max(st['straggler_share']):.0f}% of layers)")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from vibe.sim.hardware import check_hardware
+    from vibe.sim.report import write_report
+    from vibe.sim.sweep import run_sweep
+
+    cluster, loads = _inputs(args)
+    spec = _spec(args, loads)
+    check_hardware(spec.hardware, cluster.num_gpus)
+    if args.workers is not None and args.workers < 1:
+        raise VibeError("--workers must be >= 1")
+    policies = args.policies or [p for p in ("linear", "eplb", "vibe") if p in available_policies()]
+    options = PlacementOptions(redundant=args.redundant)
+    placements = {p: place(loads, cluster, p, options) for p in policies}
+    _check_trace(spec, next(iter(placements.values())))
+    if args.ray_address:
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise VibeError("--ray-address needs the 'ray' package, which is not installed")
+    with Progress(TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console, transient=True) as bar:
+        task = bar.add_task("sweep", total=len(policies) * len(args.qps) * len(args.seeds))
+        rows = run_sweep(spec, cluster, loads, placements, args.qps, args.seeds, args.workers, args.ray_address,
+                         progress=lambda done, total: bar.update(task, completed=done))
+    title = f"{spec.model.name} on {cluster.num_gpus} GPUs ({cluster.name})"
+    meta = {"cluster": args.cluster, "loads": args.loads, "model": spec.model.name, "seeds": args.seeds,
+            "slo_ttft_ms": spec.slo_ttft_ms, "slo_tpot_ms": spec.slo_tpot_ms, "redundant": args.redundant}
+    written = write_report(args.out, rows, title, meta)
+    console.print((written["table.md"]).read_text())
+    console.print("wrote " + ", ".join(str(p) for p in written.values()))
+    return 0
