@@ -58,10 +58,13 @@ def split_over_slots(counts: np.ndarray, placement: Placement) -> np.ndarray:
 
 
 # ---- ESFT ------------------------------------------------------------------------------
-def direct_count(folder, num_experts=64):
-    """Count expert ids straight from the gzip text files, independent of vibe's reader."""
+def direct_count(folder, num_experts=64, only=None):
+    """Count expert ids straight from the gzip text files, independent of vibe's reader
+    (layers `only`, or all)."""
     layers, rows = [], []
     for path in sorted(folder.glob("expert_weights_*.txt.gz"), key=lambda p: int(p.name.split("_")[2].split(".")[0])):
+        if only is not None and int(path.name.split("_")[2].split(".")[0]) not in only:
+            continue
         c = np.zeros(num_experts, np.int64)
         with gzip.open(path, "rt") as fh:
             for line in fh:
@@ -89,11 +92,11 @@ def test_esft_several_domains_sum_and_moe_layers_select(esft_dir, tmp_path, caps
     rc, cap = run(["loads", "import", "--format", "esft", esft_dir / "law", esft_dir / "summary",
                    "--moe-layers", "2-4,26", "--out", out], capsys)
     assert rc == 0, cap.err
-    _, law = direct_count(esft_dir / "law")
-    _, summary = direct_count(esft_dir / "summary")
+    _, law = direct_count(esft_dir / "law", only=(2, 3, 4, 26))
+    _, summary = direct_count(esft_dir / "summary", only=(2, 3, 4, 26))
     loads = ExpertLoads.load(out)
     assert loads.layer_ids == (2, 3, 4, 26)
-    assert np.array_equal(loads.counts, (law + summary)[[1, 2, 3, 25]])
+    assert np.array_equal(loads.counts, law + summary)
 
 
 def test_esft_malformed_files(tmp_path, capsys):
