@@ -110,11 +110,13 @@ def _print_hw_summary(cluster: Cluster, devices: list[str]) -> None:
     t = Table(title=f"{cluster.name}: expert {cluster.expert['hidden']}x{cluster.expert['intermediate']} "
                     f"{cluster.expert['dtype']}")
     for col in ("rank", "device", "name", f"t({_n(cluster.gpus[0].tokens[0])})",
-                f"t({_n(cluster.gpus[0].tokens[-1])})", "overhead", "fit err", "vs median", "telemetry"):
+                f"t({_n(cluster.gpus[0].tokens[-1])})", "overhead", "fit err", "knee",
+                "hinge err", "vs median", "telemetry"):
         t.add_column(col, justify="right" if col not in ("device", "name", "telemetry") else "left")
     for g, dev, s in zip(cluster.gpus, devices, speed):
         t.add_row(str(g.rank), dev, g.name, fmt_us(g.latency_us[0]), fmt_us(g.latency_us[-1]),
-                  fmt_us(g.overhead_us), f"{g.extra['fit']['max_rel_error']:.1%}", f"{s:.3f}x",
+                  fmt_us(g.overhead_us), f"{g.extra['fit']['max_rel_error']:.1%}",
+                  _n(g.extra["fit"]["knee_tokens"]), f"{g.extra['fit']['hinge_max_rel_error']:.1%}", f"{s:.3f}x",
                   _telemetry_text(g.telemetry))
     console.print(t)
 
