@@ -220,15 +220,18 @@ def hottest_expert_bound(costs: np.ndarray, overhead_us: np.ndarray, slots_per_g
     return float(np.min(overhead_us + costs[hot] + cheapest))
 
 
-def fluid_bound(cluster: Cluster, total_tokens: float) -> float:
+def fluid_bound(cluster: Cluster, total_tokens: float, max_slot_tokens: float | None = None) -> float:
     """Bound for any plan, replicas included: tokens split freely over GPUs, each GPU g
-    processing tokens at its best amortised rate rho_g = min_{0<n<=N} t_g(n) / n.
-    Returns the smallest z with sum_g max(0, z - o_g) / rho_g >= N (and z >= max o_g)."""
+    processing tokens at its best amortised rate rho_g = min_{0<n<=M} t_g(n) / n, where
+    M = max_slot_tokens (a slot holds one expert's tokens: M = the hottest expert's n_e;
+    default N). Returns the smallest z with sum_g max(0, z - o_g) / rho_g >= N (and
+    z >= max o_g)."""
     over = cluster.overhead_us
     if total_tokens <= 0:
         return float(over.max())
     grid, _ = cluster.latency_table()
-    pts = np.concatenate([grid[grid < total_tokens], [total_tokens]])
+    top = float(total_tokens if max_slot_tokens is None else min(max_slot_tokens, total_tokens))
+    pts = np.concatenate([grid[grid < top], [top]])
     G = cluster.num_gpus
     t = expert_time_us(cluster, np.arange(G)[:, None], pts[None, :])
     rho = (t / pts[None, :]).min(axis=1)  # [G] us per token
@@ -242,6 +245,24 @@ def fluid_bound(cluster: Cluster, total_tokens: float) -> float:
         if k == G - 1 or z <= o[k + 1]:
             return float(max(z, over.max()))
     return float(over.max())  # unreachable
+
+
+def active_slots_bound(cluster: Cluster, active_experts: np.ndarray, slots_per_gpu: int) -> np.ndarray:
+    """Bound for any plan, replicas included: each of the A experts that receive tokens
+    needs a slot with tokens, a GPU holds at most S slots, and a slot with tokens costs at
+    least the curve's floor f_g = t_g(0+). active_experts: [L] A per layer -> [L] the
+    smallest z with sum_g min(S, floor((z - o_g) / f_g)) >= A (us).
+    """
+    _, us = cluster.latency_table()
+    floor_us, over = us[:, 0], cluster.overhead_us  # [G]
+    S = slots_per_gpu
+    # The answer is one of the G*S values o_g + a f_g (a = 1..S), or max o_g when A = 0.
+    cand = np.sort((over[:, None] + np.arange(1, S + 1)[None, :] * floor_us[:, None]).ravel())  # [C]
+    fits = np.floor((cand[:, None] - over[None, :]) / floor_us[None, :] * (1 + 1e-12))  # [C, G]
+    slots = np.clip(fits, 0, S).sum(axis=1)  # [C] slots with tokens affordable by time cand
+    need = np.asarray(active_experts)
+    first = np.minimum(np.searchsorted(slots, need, side="left"), len(cand) - 1)
+    return np.where(need > 0, cand[first], over.max()).astype(np.float64)
 
 
 def lp_bounds(costs: np.ndarray, overhead_us: np.ndarray, slots_per_gpu: int,
@@ -274,11 +295,13 @@ def layer_lower_bounds(loads: ExpertLoads, cluster: Cluster, batch_tokens: float
     """[L] lower bound on every layer's time for any plan with `num_slots` slots per layer.
 
     Without replicas (num_slots == E): max of the LP bound, the hottest-expert bound, the
-    cheapest-slots bound and the fluid bound. With replicas: the fluid bound.
+    cheapest-slots bound, the active-slots bound and the fluid bound. With replicas: the
+    active-slots and fluid bounds.
     """
     n_e = loads.expert_tokens(batch_tokens)
     over = cluster.overhead_us
-    out = np.array([fluid_bound(cluster, float(total)) for total in n_e.sum(axis=1)])
+    out = np.array([fluid_bound(cluster, float(row.sum()), float(row.max())) for row in n_e])
+    out = np.maximum(out, active_slots_bound(cluster, (n_e > 0).sum(axis=1), num_slots // cluster.num_gpus))
     if num_slots == loads.num_experts:
         S = num_slots // cluster.num_gpus
         costs_all = expert_cost_matrix(cluster, n_e)  # [L, E, G]
