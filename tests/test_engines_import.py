@@ -320,6 +320,9 @@ def test_plain_malformed_inputs(tmp_path, capsys):
     ragged.write_text("[[1, 2], [3]]")
     failed(["loads", "import", "--format", "json", ragged, "--top-k", "1", "--out", out], capsys, out,
            "ragged.json", "ragged")
+    bad_k = tmp_path / "k.json"
+    bad_k.write_text('{"counts": [[1, 2], [3, 4]], "top_k": "two"}')
+    failed(["loads", "import", "--format", "json", bad_k, "--out", out], capsys, out, "k.json", "top_k")
     obj = tmp_path / "obj.npy"
     np.save(obj, np.array([[object()]], dtype=object), allow_pickle=True)
     failed(["loads", "import", "--format", "npy", obj, "--top-k", "1", "--out", out], capsys, out, "obj.npy")

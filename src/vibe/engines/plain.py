@@ -19,7 +19,7 @@ import numpy as np
 
 from vibe.engines.layers import apply_moe_layers
 from vibe.errors import InputError
-from vibe.io import atomic_path, numeric_array, read_json, write_json_atomic
+from vibe.io import atomic_path, int_array, read_json, write_json_atomic
 from vibe.model import LOADS_SCHEMA, ExpertLoads
 
 
@@ -98,12 +98,14 @@ def read_json_counts(path: str | os.PathLike) -> RawCounts:
         counts = counts.sum(axis=0)
     counts = check_counts(counts, path)
     ids = obj.get("layer_ids")
-    layer_ids = tuple(int(i) for i in numeric_array(ids, "layer_ids", path, 1)) if ids is not None \
+    layer_ids = tuple(int_array(ids, "layer_ids", path, 1).tolist()) if ids is not None \
         else tuple(range(counts.shape[0]))
     if len(layer_ids) != counts.shape[0]:
         raise InputError(path, f"{len(layer_ids)} layer_ids for {counts.shape[0]} count rows")
     top_k = obj.get("top_k")
-    return RawCounts(str(path), counts, layer_ids, int(top_k) if top_k is not None else None, str(obj.get("model", "")))
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+        raise InputError(path, "'top_k' must be a positive integer")
+    return RawCounts(str(path), counts, layer_ids, top_k, str(obj.get("model", "")))
 
 
 def read_npy_counts(path: str | os.PathLike) -> RawCounts:
