@@ -74,9 +74,11 @@ class RoutingTrace:
         N, L, E = self.num_sequences, self.num_layers, self.num_experts
         if N * L * E > SEQUENCE_COUNTS_MAX_ENTRIES:
             return None
-        seq_of_token = np.repeat(np.arange(N, dtype=np.int64), np.diff(self.seq_offsets))
-        key = (seq_of_token[None, :, None] * L + np.arange(L)[:, None, None]) * E + self.experts
-        return np.bincount(key.ravel(), minlength=N * L * E).astype(np.int32).reshape(N, L, E)
+        seq_of_token = np.repeat(np.arange(N, dtype=np.int64), np.diff(self.seq_offsets))[:, None] * E
+        table = np.empty((N, L, E), dtype=np.int32)
+        for l in range(L):  # one layer at a time keeps the temporary keys at [T, k]
+            table[:, l] = np.bincount((seq_of_token + self.experts[l]).ravel(), minlength=N * E).reshape(N, E)
+        return table
 
     def to_loads(self, source: str | None = None) -> ExpertLoads:
         """Routing counts as ExpertLoads; with `source`, extra keys record where they came
