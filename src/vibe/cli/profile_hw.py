@@ -158,7 +158,9 @@ def cmd_import(args: argparse.Namespace) -> int:
                   "derivation": "per-expert tokens n = num_tokens*topk/num_experts; overhead = intercept of "
                                 "latency vs active experts at one token each; t(n) = (latency - overhead) / "
                                 "(num_experts/ep) on the rows of the chosen EP size"}
-        expert = {"hidden": info["hidden"], "intermediate": info["intermediate"], "dtype": info["dtype"]}
+        # With TP > 1 each GPU runs a 1/TP shard of every expert: the curve is the shard's.
+        expert = {"hidden": info["hidden"], "intermediate": info["intermediate"] // info["tp"],
+                  "dtype": info["dtype"]}
         gpu_name, fleet_path = info.get("device", "GPU"), Path(args.fleet) if args.fleet else None
 
     num_gpus = args.num_gpus or (8 if fleet_path else 1)

@@ -431,7 +431,10 @@ def profile_devices(spec: ProfileSpec, devices: list[str], progress: ProgressFn 
         check_dtype(d, spec.dtype)
         check_shape(spec, d)
     if not (processes if processes is not None else len(devices) > 1):
-        return [profile_device(spec, d, progress) for d in devices]
+        try:
+            return [profile_device(spec, d, progress) for d in devices]
+        except (RuntimeError, MemoryError) as exc:  # e.g. out of memory: one line, not a traceback
+            raise VibeError(f"{devices[0]}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
     import torch.multiprocessing as tmp
 
     ctx = tmp.get_context("spawn")

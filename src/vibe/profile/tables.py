@@ -165,8 +165,7 @@ def per_expert_curve(table: dict, mask: np.ndarray, info: dict, source) -> dict:
     Returns tokens [P] (tokens per expert), us [P] (per-expert time, raw, us), and
     overhead_us with the one-token expert time of the overhead regression.
     """
-    E, k, tp_inter = info["num_experts"], info["topk"], info["intermediate"]
-    del tp_inter  # a TP size > 1 shrinks every expert; the curve is that of the shard
+    E, k = info["num_experts"], info["topk"]
     N = table["num_tokens"][mask]
     L = table["latency"][mask] * 1000.0  # ms -> us
     e_loc = E / table["moe_ep_size"][mask]
