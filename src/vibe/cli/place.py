@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,7 +12,9 @@ from rich.table import Table
 from vibe.cli._common import add_operating_points, console, fmt_us
 from vibe.cost import evaluate, normalize_weights, weighted_moe_time
 from vibe.model import Cluster, ExpertLoads, Placement
+from vibe.errors import VibeError
 from vibe.policies import PlacementOptions, available_policies, place
+from vibe.stochastic import DEFAULT_SAMPLES, check_trace_matches, expected_step_time, load_traces
 
 ENGINE_FORMATS = ("vibe", "sglang", "trtllm")
 
@@ -27,8 +30,13 @@ def register(cli) -> None:
     add_operating_points(p)
     p.add_argument("--split", choices=("even", "speed"), default="even",
                    help="how replicas share tokens: evenly (engines) or by GPU speed (writes replica_weights)")
-    p.add_argument("--robust", action="store_true", help="optimise the expected per-step makespan")
-    p.add_argument("--traces", default=None, help="token-level routing traces for --robust")
+    p.add_argument("--robust", action="store_true",
+                   help="optimise the expected per-step makespan over re-sampled batches (from --traces when "
+                        "given, else drawn from the loads' average shares)")
+    p.add_argument("--traces", default=None,
+                   help="token-level routing traces (.npz vibe trace or ESFT domain folder); implies --robust")
+    p.add_argument("--samples", type=int, default=None, metavar="K",
+                   help=f"re-sampled steps per operating point for --robust (default: {DEFAULT_SAMPLES})")
     p.add_argument("--time-limit", type=float, default=60.0, metavar="S", help="for search policies (exact)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", nargs="+", choices=ENGINE_FORMATS, default=["vibe"],
@@ -43,6 +51,12 @@ def register(cli) -> None:
     e.add_argument("--placement", required=True)
     add_operating_points(e)
     e.add_argument("--no-lower-bound", action="store_true", help="skip the LP lower bound (faster)")
+    e.add_argument("--traces", default=None,
+                   help="also report the expected per-step MoE time over batches re-sampled from these "
+                        "token-level traces (.npz vibe trace or ESFT domain folder)")
+    e.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, metavar="K",
+                   help=f"re-sampled steps per operating point for --traces (default: {DEFAULT_SAMPLES})")
+    e.add_argument("--seed", type=int, default=0, help="seed of the re-sampling")
     e.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
@@ -50,11 +64,29 @@ def options_from_args(args: argparse.Namespace) -> PlacementOptions:
     extras = {}
     if getattr(args, "traces", None):
         extras["traces_path"] = args.traces
+    if getattr(args, "samples", None) is not None:
+        if args.samples < 1:
+            raise VibeError("--samples must be >= 1")
+        extras["robust_samples"] = args.samples
     return PlacementOptions(redundant=args.redundant, num_groups=args.num_groups,
                             batch_tokens=tuple(args.batch_tokens),
                             weights=None if args.weights is None else tuple(args.weights),
-                            seed=args.seed, split=args.split, robust=args.robust,
+                            seed=args.seed, split=args.split, robust=args.robust or bool(extras.get("traces_path")),
                             time_limit_s=args.time_limit, extras=extras)
+
+
+def read_traces(path: str, loads: ExpertLoads):
+    """The routing trace at `path`, checked against the loads (one-line error if not)."""
+    trace = load_traces(path)
+    check_trace_matches(trace, loads, path)
+    return trace
+
+
+def step_stats(placement: Placement, loads: ExpertLoads, cluster: Cluster, batch_tokens, samples: int, seed: int,
+               trace) -> list:
+    """Expected per-step MoE time at each operating point (vibe.stochastic)."""
+    return [expected_step_time(placement, loads, cluster, b, samples, seed + i, trace)
+            for i, b in enumerate(batch_tokens)]
 
 
 def engine_paths(out: Path) -> dict[str, Path]:
@@ -72,6 +104,8 @@ def cmd_place(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     if options.weights is not None:
         normalize_weights(options.batch_tokens, options.weights)
+    if args.traces:  # read once here: bad traces fail before any solving, with the file named
+        options = dataclasses.replace(options, extras=dict(options.extras, traces=read_traces(args.traces, loads)))
     placement = place(loads, cluster, args.policy, options)
     out = Path(args.out)
     # Build every engine file first, so a failure leaves nothing half-written.
@@ -89,6 +123,19 @@ def cmd_place(args: argparse.Namespace) -> int:
     summary = ", ".join(f"B={p.batch_tokens:g}: {fmt_us(p.moe_time_us)}" for p in points)
     console.print(f"[bold]{args.policy}[/]: {loads.num_layers} layers x {placement.num_slots} slots on "
                   f"{cluster.num_gpus} GPUs; predicted MoE time per step {summary}")
+    if placement.replica_weights is not None:
+        even = dataclasses.replace(placement, replica_weights=None)
+        points_even = evaluate(even, loads, cluster, options.batch_tokens, options.weights, with_lower_bound=False)
+        console.print("  replicas split evenly (what engines do): " + ", ".join(
+            f"B={p.batch_tokens:g}: {fmt_us(p.moe_time_us)}" for p in points_even)
+            + "; the time above needs a runtime that honours replica_weights")
+    if options.robust:
+        trace = options.extras.get("traces")
+        stats = step_stats(placement, loads, cluster, options.batch_tokens,
+                           options.extras.get("robust_samples", DEFAULT_SAMPLES), options.seed + 1, trace)
+        console.print("  expected per-step MoE time (" + (f"steps re-sampled from {args.traces}" if trace else
+                                                         "multinomial steps") + "): " + ", ".join(
+            f"B={s.batch_tokens:g}: {fmt_us(s.mean_us)}" for s in stats))
     console.print("wrote " + ", ".join(written))
     return 0
 
@@ -99,13 +146,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     placement = Placement.load(args.placement)
     placement.check_fits(cluster, args.placement)
     placement.check_matches(loads, args.placement)
+    if args.samples < 1:
+        raise VibeError("--samples must be >= 1")
+    trace = read_traces(args.traces, loads) if args.traces else None
     points = evaluate(placement, loads, cluster, args.batch_tokens, args.weights,
                       with_lower_bound=not args.no_lower_bound)
+    steps = step_stats(placement, loads, cluster, args.batch_tokens, args.samples, args.seed, trace) if trace else None
     if args.json:
-        print(json.dumps({"policy": placement.policy, "num_gpus": cluster.num_gpus,
-                          "num_slots": placement.num_slots,
-                          "weighted_moe_time_us": weighted_moe_time(points),
-                          "operating_points": [p.to_dict() for p in points]}))
+        out = {"policy": placement.policy, "num_gpus": cluster.num_gpus,
+               "num_slots": placement.num_slots,
+               "weighted_moe_time_us": weighted_moe_time(points),
+               "operating_points": [p.to_dict() for p in points]}
+        if steps:
+            out["per_step"] = [s.to_dict() for s in steps]
+        print(json.dumps(out))
         return 0
     table = Table(title=f"{placement.policy or 'placement'} on {cluster.name} ({cluster.num_gpus} GPUs, "
                         f"{placement.num_slots} slots/layer)")
@@ -117,4 +171,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                       "-" if p.ratio_to_lb is None else f"{p.ratio_to_lb:.4f}",
                       f"{p.imbalance:.4f}", f"{100 * p.idle_fraction:.1f}%")
     console.print(table)
+    if steps:
+        console.print(f"per-step MoE time over {args.samples} batches re-sampled from {args.traces}: " + ", ".join(
+            f"B={s.batch_tokens:g}: mean {fmt_us(s.mean_us)} (p95 {fmt_us(s.p95_us)}, "
+            f"{s.mean_us / p.moe_time_us:.3f}x the average-load prediction)" for s, p in zip(steps, points)))
     return 0

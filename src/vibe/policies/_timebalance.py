@@ -159,14 +159,16 @@ def _top3(T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def local_search(costs: np.ndarray, weights: np.ndarray, item_expert: np.ndarray, item_gpu: np.ndarray,
                  overhead: np.ndarray, max_rounds: int | None = None) -> np.ndarray:
     """Swap items between the most loaded GPUs and lightly loaded ones while the weighted
-    makespan drops, or stays equal while the pair's larger time drops (which walks off
-    plateaus where several GPUs tie at the max, and evens out the GPUs just below it).
+    makespan f drops, or stays equal while psi = sum_k w_k sum_g (T[k,g] / M0_k)^PSI_POWER
+    drops (a smooth stand-in for the max: it walks off plateaus where several GPUs tie at
+    the max and evens out the GPUs just below it). (f, psi) falls at every round, so the
+    search cannot cycle.
 
-    Each round, every row evaluates at once the swaps of the CRITICAL_GPUS busiest GPUs
-    (plus each scenario's critical GPU) with the PARTNER_GPUS least-loaded ones, and
-    applies the best improving swaps whose GPU pairs are disjoint. A row stops when no
-    partner offers an improving swap (up to FULL_SEARCH_GPUS GPUs, all GPUs are tried
-    before it stops). All rows advance together.
+    Each round, every row evaluates at once the swaps of each scenario's critical GPU and
+    the CRITICAL_GPUS busiest GPUs with the PARTNER_GPUS least-loaded ones and
+    applies the best improving swap, plus more swaps on disjoint GPU pairs that raise no
+    scenario's makespan and lower psi. A row stops when no partner offers an improving
+    swap (up to FULL_SEARCH_GPUS GPUs, all GPUs are tried before it stops).
 
     costs: [K, X, E, G]; item_expert, item_gpu: [X, N]. Returns the improved item_gpu.
     """
@@ -178,15 +180,17 @@ def local_search(costs: np.ndarray, weights: np.ndarray, item_expert: np.ndarray
     has = np.zeros((X, E, G), dtype=np.int64)
     np.add.at(has, (np.arange(X)[:, None], item_expert, item_gpu), 1)
     scale = np.maximum(objective(T, weights), 1e-12)  # [X] for tolerances
+    norm = np.maximum(T.max(axis=2), 1e-12)  # [K, X] fixed normaliser of psi
     active = np.arange(X)
     few = min(G - 1, PARTNER_GPUS)
     for _ in range(max_rounds or 20 * item_expert.shape[1] + 100):
         if active.size == 0:
             break
-        swaps = _best_swaps(costs, weights, item_expert, item_gpu, T, has, active, scale, few)
+        swaps = _best_swaps(costs, weights, item_expert, item_gpu, T, has, active, scale, norm, few)
         stuck = (swaps[0] < 0).all(axis=1)
         if few < G - 1 and G <= FULL_SEARCH_GPUS and stuck.any():
-            full = _best_swaps(costs, weights, item_expert, item_gpu, T, has, active[stuck], scale, G - 1)
+            full = _best_swaps(costs, weights, item_expert, item_gpu, T, has, active[stuck], scale, norm,
+                               G - 1)
             swaps[0][stuck], swaps[1][stuck] = full
         moved = (swaps[0] >= 0).any(axis=1)
         for q in range(swaps[0].shape[1]):
@@ -199,21 +203,29 @@ def local_search(costs: np.ndarray, weights: np.ndarray, item_expert: np.ndarray
 PARTNER_GPUS = 8  # least-loaded GPUs searched for a swap partner
 CRITICAL_GPUS = 4  # busiest GPUs that look for a partner in each round
 FULL_SEARCH_GPUS = 32  # up to this EP size a row stops only at a full-neighbourhood optimum
+PSI_POWER = 64  # how sharply psi singles out the busiest GPUs
 
 
 def _critical_gpus(Ta: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """[K, A, G] times -> [A, Q] GPUs to unload: each scenario's busiest GPU, then the
-    busiest by weighted time relative to each scenario's makespan."""
-    rel = np.einsum("k,kag->ag", w, Ta / np.maximum(Ta.max(axis=2, keepdims=True), 1e-12))
-    top = np.argsort(-rel, axis=1, kind="stable")[:, :CRITICAL_GPUS]
-    return np.concatenate([np.argmax(Ta, axis=2).T, top], axis=1)
+    """[K, A, G] times -> [A, Q] GPUs to unload: the critical GPU of each scenario (with
+    many scenarios, those critical in the most of them), then the CRITICAL_GPUS busiest
+    relative to each scenario's makespan. A GPU may appear twice (harmless)."""
+    K, _, G = Ta.shape
+    M = Ta.max(axis=2, keepdims=True)
+    rel = np.einsum("k,kag->ag", w, Ta / np.maximum(M, 1e-12))
+    if K <= CRITICAL_GPUS:
+        crit = np.argmax(Ta, axis=2).T
+    else:
+        votes = np.einsum("k,kag->ag", w, (Ta >= M * (1 - 1e-12)).astype(np.float64))
+        crit = np.argsort(-(votes + 1e-3 * rel), axis=1, kind="stable")[:, :min(CRITICAL_GPUS, G)]
+    return np.concatenate([crit, np.argsort(-rel, axis=1, kind="stable")[:, :min(CRITICAL_GPUS, G)]], axis=1)
 
 
-def _best_swaps(costs, w, item_expert, item_gpu, T, has, r, scale, num_partners):
-    """For each row in r, improving swaps of an item a on a critical GPU with an item b
-    on one of the `num_partners` least-loaded other GPUs: the best per critical GPU,
-    kept best-first while their GPU pairs stay disjoint. Returns (a [A, Q], b [A, Q]),
-    -1 where none."""
+def _best_swaps(costs, w, item_expert, item_gpu, T, has, r, scale, norm, num_partners):
+    """For each row in r, swaps of an item a on a critical GPU with an item b on one of
+    the `num_partners` least-loaded other GPUs: the best improving one, then for the
+    other critical GPUs their best 'safe' swap (no scenario's makespan rises, psi falls)
+    on GPU pairs disjoint from those taken. Returns (a [A, Q], b [A, Q]), -1 where none."""
     K = costs.shape[0]
     G = T.shape[2]
     A = r.size
@@ -245,32 +257,43 @@ def _best_swaps(costs, w, item_expert, item_gpu, T, has, r, scale, num_partners)
     pair = np.maximum(new_g, new_h)  # [K, A, Q, S, Nb]
     rest = _rest_max(top_v, top_i, gc, h)  # [K, A, Q, Nb]
     df = np.einsum("k,kaqsn->aqsn", w, np.maximum(pair, rest[:, :, :, None, :]) - M[:, :, None, None, None])
-    old_pair = np.maximum(Tg[..., None], Th[:, :, None, :])  # [K, A, Q, Nb]
-    dpair = np.einsum("k,kaqsn->aqsn", w, pair - old_pair[:, :, :, None, :])
+    nk = norm[:, r][:, :, None]  # [K, A, 1]
+    psi_old = (Tg / nk) ** PSI_POWER  # [K, A, Q]
+    psi_h = (Th / nk) ** PSI_POWER  # [K, A, Nb]
+    nk = nk[..., None, None]
+    dpsi = np.einsum("k,kaqsn->aqsn", w, (new_g / nk) ** PSI_POWER + (new_h / nk) ** PSI_POWER
+                     - (psi_old[..., None, None] + psi_h[:, :, None, None, :]))
     valid = (h[:, None, :] != gc[:, :, None])[:, :, None, :] & (ea[..., None] != eb[:, None, None, :])
     valid &= has[xs[0], ea[..., None], h[:, None, None, :]] == 0
     valid &= (has[r[:, None, None], eb[:, None, :], gc[:, :, None]] == 0)[:, :, None, :]
     tol = 1e-9 * scale[r][:, None, None, None]
-    good = valid & ((df < -tol) | ((df <= tol) & (dpair < -tol)))
-    key = np.where(good, df + 1e-3 * dpair, np.inf).reshape(A, Q, -1)
-    j = np.argmin(key, axis=2)  # [A, Q]
-    kq = np.take_along_axis(key, j[..., None], axis=2)[..., 0]
+    falls = valid & (dpsi < -1e-12)
+    good = valid & (df < -tol) | falls & (df <= 0)
+    safe = falls & (pair <= M[:, :, None, None, None]).all(axis=0)
     Nb = b_items.shape[1]
-    cand_a = np.take_along_axis(a_items, (j // Nb)[..., None], axis=2)[..., 0]
-    cand_b = np.take_along_axis(b_items, j % Nb, axis=1)
-    cand_h = np.take_along_axis(h, j % Nb, axis=1)
-    # keep the best-first swaps whose GPU pairs are disjoint
+    rows = np.arange(A)
     out_a = np.full((A, Q), -1)
     out_b = np.full((A, Q), -1)
     used = np.zeros((A, G), dtype=bool)
-    rows = np.arange(A)
-    for q in np.argsort(kq, axis=1, kind="stable").T:
-        g_q, h_q = gc[rows, q], cand_h[rows, q]
-        take = np.isfinite(kq[rows, q]) & ~used[rows, g_q] & ~used[rows, h_q]
-        out_a[rows[take], q[take]] = cand_a[rows[take], q[take]]
-        out_b[rows[take], q[take]] = cand_b[rows[take], q[take]]
-        used[rows[take], g_q[take]] = True
-        used[rows[take], h_q[take]] = True
+    # the best improving swap (df first, psi among ties), then safe swaps on free GPUs
+    first = np.where(good, df / scale[r][:, None, None, None] + 1e-6 * dpsi, np.inf).reshape(A, -1)
+    second = np.where(safe, dpsi, np.inf).reshape(A, Q, -1)
+    j0 = np.argmin(first, axis=1)
+    ok0 = np.isfinite(first[rows, j0])
+    q0 = j0 // (first.shape[1] // Q)
+    j1 = np.argmin(second, axis=2)  # [A, Q]
+    k1 = np.take_along_axis(second, j1[..., None], axis=2)[..., 0]
+    k1[rows, q0] = np.where(ok0, -np.inf, np.inf)  # the first swap goes first
+    j1[rows, q0] = j0 % (first.shape[1] // Q)
+    for q in np.argsort(k1, axis=1, kind="stable").T:
+        j = j1[rows, q]
+        g_q, h_q = gc[rows, q], h[rows, j % Nb]
+        take = np.isfinite(k1[rows, q]) & ~used[rows, g_q] & ~used[rows, h_q]
+        t = rows[take]
+        out_a[t, q[take]] = a_items[t, q[take], j[take] // Nb]
+        out_b[t, q[take]] = b_items[t, j[take] % Nb]
+        used[t, g_q[take]] = True
+        used[t, h_q[take]] = True
     return out_a, out_b
 
 
