@@ -47,7 +47,7 @@ def hinge_fit(tokens: np.ndarray, us: np.ndarray) -> dict:
         ramp = np.maximum(0.0, n - knee)
         A = np.stack([np.ones_like(n), ramp], axis=1) * w[:, None]
         (floor, slope), *_ = np.linalg.lstsq(A, y * w, rcond=None)
-        if slope < 0:  # a falling curve: the best monotone hinge is flat
+        if slope < 0 or floor <= 0:  # not a floor-then-rise shape: the best positive hinge is flat
             floor, slope = float(np.exp(np.mean(np.log(y)))), 0.0
         err = float(np.sum((w * (floor + slope * ramp - y)) ** 2))
         if best is None or err < best[0]:
