@@ -104,3 +104,17 @@ def test_unfinished_requests_count_as_misses(esft_loads, identical):
     assert s["finished"] < s["requests"]
     assert s["slo_attainment"] <= s["finished"] / s["requests"]
     assert np.isfinite(s["ttft_ms"]["p99"])
+
+
+def test_demo_section_prints_a_comparison(esft_loads, identical):
+    import io
+
+    from rich.console import Console
+
+    from vibe.sim import demo_section
+
+    buf = io.StringIO()
+    placements = {p: place(esft_loads, identical, p) for p in ("linear", "eplb")}
+    demo_section(identical, esft_loads, placements, Console(file=buf, width=140))
+    text = buf.getvalue()
+    assert "Simulated serving" in text and "linear" in text and "eplb" in text and "%" in text

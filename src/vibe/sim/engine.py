@@ -114,7 +114,9 @@ def simulate(workload: Workload, cluster: Cluster, loads: ExpertLoads, placement
     placement.check_fits(cluster)
     placement.check_matches(loads)
     check_model_matches(model, loads.num_layers, loads.num_experts, loads.top_k, "loads")
-    predictor = Predictor(model, cluster, placement, gpu, table_tokens=scheduler.max_batch_tokens)
+    # Lookup table of expert times up to the step budget, capped at ~4M entries (32 MB).
+    table = min(scheduler.max_batch_tokens, 4_000_000 // cluster.num_gpus)
+    predictor = Predictor(model, cluster, placement, gpu, table_tokens=table)
     route = make_router(loads, placement, trace, routing)
     route_rng, hw_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
     plan = plan_drift(hardware, cluster.num_gpus)

@@ -124,7 +124,7 @@ def calibrate(model: ModelSpec, cluster: Cluster, loads: ExpertLoads, placement:
     `capacity_qps`: full-budget steps back to back, each request costing input + output
     budget tokens; `slo_ttft_ms`: 5x the step of one lone prompt; `slo_tpot_ms`: 2x the
     decode step of a quarter of `max_running` requests (a loaded but not full system)."""
-    pred = Predictor(model, cluster, placement, gpu, table_tokens=scheduler.max_batch_tokens)
+    pred = Predictor(model, cluster, placement, gpu, table_tokens=0)
     route = expected_router(loads)
 
     def step_ms(tokens: int, context: float) -> float:
