@@ -60,7 +60,7 @@ def multinomial_step_tokens(loads: ExpertLoads, batch_tokens: float, num_samples
     shares = loads.shares()
     empty = shares.sum(axis=1) <= 0
     shares[empty] = 1.0 / loads.num_experts  # a layer that saw no token: uniform
-    return rng.multinomial(n, shares, size=num_samples).astype(np.float64)
+    return rng.multinomial(n, shares, size=(num_samples, loads.num_layers)).astype(np.float64)
 
 
 def step_tokens(loads: ExpertLoads, batch_tokens: float, num_samples: int, seed: int,

@@ -157,12 +157,12 @@ def _top3(T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def local_search(costs: np.ndarray, weights: np.ndarray, item_expert: np.ndarray, item_gpu: np.ndarray,
-                 overhead: np.ndarray, max_rounds: int | None = None) -> np.ndarray:
+                 overhead: np.ndarray, max_rounds: int | None = None, plateau: bool = True) -> np.ndarray:
     """Swap items between the most loaded GPUs and lightly loaded ones while the weighted
     makespan f drops, or stays equal while psi = sum_k w_k sum_g (T[k,g] / M0_k)^PSI_POWER
     drops (a smooth stand-in for the max: it walks off plateaus where several GPUs tie at
     the max and evens out the GPUs just below it). (f, psi) falls at every round, so the
-    search cannot cycle.
+    search cannot cycle. plateau=False takes only swaps that lower f.
 
     Each round, every row evaluates at once the swaps of each scenario's critical GPU and
     the CRITICAL_GPUS busiest GPUs with the PARTNER_GPUS least-loaded ones and
@@ -186,11 +186,11 @@ def local_search(costs: np.ndarray, weights: np.ndarray, item_expert: np.ndarray
     for _ in range(max_rounds or 20 * item_expert.shape[1] + 100):
         if active.size == 0:
             break
-        swaps = _best_swaps(costs, weights, item_expert, item_gpu, T, has, active, scale, norm, few)
+        swaps = _best_swaps(costs, weights, item_expert, item_gpu, T, has, active, scale, norm, few, plateau)
         stuck = (swaps[0] < 0).all(axis=1)
         if few < G - 1 and G <= FULL_SEARCH_GPUS and stuck.any():
             full = _best_swaps(costs, weights, item_expert, item_gpu, T, has, active[stuck], scale, norm,
-                               G - 1)
+                               G - 1, plateau)
             swaps[0][stuck], swaps[1][stuck] = full
         moved = (swaps[0] >= 0).any(axis=1)
         for q in range(swaps[0].shape[1]):
@@ -221,7 +221,7 @@ def _critical_gpus(Ta: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.concatenate([crit, np.argsort(-rel, axis=1, kind="stable")[:, :min(CRITICAL_GPUS, G)]], axis=1)
 
 
-def _best_swaps(costs, w, item_expert, item_gpu, T, has, r, scale, norm, num_partners):
+def _best_swaps(costs, w, item_expert, item_gpu, T, has, r, scale, norm, num_partners, plateau=True):
     """For each row in r, swaps of an item a on a critical GPU with an item b on one of
     the `num_partners` least-loaded other GPUs: the best improving one, then for the
     other critical GPUs their best 'safe' swap (no scenario's makespan rises, psi falls)
@@ -264,10 +264,10 @@ def _best_swaps(costs, w, item_expert, item_gpu, T, has, r, scale, norm, num_par
     dpsi = np.einsum("k,kaqsn->aqsn", w, (new_g / nk) ** PSI_POWER + (new_h / nk) ** PSI_POWER
                      - (psi_old[..., None, None] + psi_h[:, :, None, None, :]))
     valid = (h[:, None, :] != gc[:, :, None])[:, :, None, :] & (ea[..., None] != eb[:, None, None, :])
-    valid &= has[xs[0], ea[..., None], h[:, None, None, :]] == 0
+    valid &= has[xs, ea[..., None], h[:, None, None, :]] == 0
     valid &= (has[r[:, None, None], eb[:, None, :], gc[:, :, None]] == 0)[:, :, None, :]
     tol = 1e-9 * scale[r][:, None, None, None]
-    falls = valid & (dpsi < -1e-12)
+    falls = valid & (dpsi < -1e-12) & plateau
     good = valid & (df < -tol) | falls & (df <= 0)
     safe = falls & (pair <= M[:, :, None, None, None]).all(axis=0)
     Nb = b_items.shape[1]
@@ -339,14 +339,45 @@ def perturb(item_expert: np.ndarray, item_gpu: np.ndarray, num_swaps: int, rng: 
     return g
 
 
+def repair_duplicates(costs: np.ndarray, weights: np.ndarray, item_expert: np.ndarray, item_gpu: np.ndarray,
+                      overhead: np.ndarray) -> np.ndarray:
+    """Move away the second replica of an expert on one GPU (the construction allows it
+    only when the last free slots leave no choice), by the swap that keeps the pair's
+    weighted time lowest among those that create no new duplicate. Rare: plain loops."""
+    K, X, E, G = costs.shape
+    item_gpu = item_gpu.copy()
+    for x in range(X):
+        stuck = set()
+        while True:
+            has = np.zeros((E, G), dtype=np.int64)
+            np.add.at(has, (item_expert[x], item_gpu[x]), 1)
+            dup = [(e, g) for e, g in np.argwhere(has > 1).tolist() if (e, g) not in stuck]
+            if not dup:
+                break
+            e, g = dup[0]
+            a = np.nonzero((item_expert[x] == e) & (item_gpu[x] == g))[0][0]
+            eb, h = item_expert[x], item_gpu[x]
+            ok = (h != g) & (eb != e) & (has[e, h] == 0) & (has[eb, g] == 0)
+            if not ok.any():
+                stuck.add((e, g))  # no single swap fixes it (or slots force it)
+                continue
+            T = gpu_times(costs[:, x:x + 1], item_expert[x:x + 1], item_gpu[x:x + 1], overhead[x:x + 1])[:, 0]
+            new_g = T[:, g][:, None] - costs[:, x, e, g][:, None] + costs[:, x, eb, g]
+            new_h = T[:, h] - costs[:, x, eb, h] + costs[:, x, e, h]
+            b = int(np.argmin(np.where(ok, weights @ np.maximum(new_g, new_h), np.inf)))
+            item_gpu[x, a], item_gpu[x, b] = h[b], g
+    return item_gpu
+
+
 def solve_rows(costs: np.ndarray, weights: np.ndarray, item_expert: np.ndarray, overhead: np.ndarray,
                slots_per_gpu: int, restarts: int = 0, seed: int = 0) -> np.ndarray:
     """Construction + local search (+ seeded restarts kept only where they pay).
 
     costs: [K, X, E, G]; item_expert: [X, N]; overhead: [X, G] -> item_gpu [X, N].
     """
-    gpu = local_search(costs, weights, item_expert,
-                       construct(costs, weights, item_expert, overhead, slots_per_gpu), overhead)
+    gpu = construct(costs, weights, item_expert, overhead, slots_per_gpu)
+    gpu = local_search(costs, weights, item_expert, repair_duplicates(costs, weights, item_expert, gpu, overhead),
+                       overhead)
     best = objective(gpu_times(costs, item_expert, gpu, overhead), weights)
     rng = np.random.default_rng(seed)
     for _ in range(restarts):
@@ -382,18 +413,20 @@ def point_weights(batch_tokens, weights) -> np.ndarray:
     return normalize_weights(batch_tokens, weights)
 
 
-def scenarios(loads: ExpertLoads, options) -> tuple[np.ndarray, np.ndarray]:
-    """What the solver optimizes: tokens [K, L, E] per expert and weights [K].
-
-    One scenario per operating point; with options.robust, `robust_samples` re-sampled
-    steps per point (from options.extras traces / traces_path, else multinomial), each
-    weighted 1/samples of its point, so the objective is the expected per-step makespan.
-    """
+def point_tokens(loads: ExpertLoads, options) -> tuple[np.ndarray, np.ndarray]:
+    """The operating points at average load: tokens [K, L, E] per expert, weights [K]."""
     w = point_weights(options.batch_tokens, options.weights)
-    if not options.robust:
-        return np.stack([loads.expert_tokens(b) for b in options.batch_tokens]), w
+    return np.stack([loads.expert_tokens(b) for b in options.batch_tokens]), w
+
+
+def sampled_steps(loads: ExpertLoads, options) -> tuple[np.ndarray, np.ndarray]:
+    """For --robust: `robust_samples` re-sampled steps per operating point (from the
+    trace in options.extras 'traces' / 'traces_path', else multinomial), tokens
+    [K * samples, L, E], each weighted 1/samples of its point, so that the objective
+    is the expected per-step makespan."""
     from vibe import stochastic
 
+    w = point_weights(options.batch_tokens, options.weights)
     trace = options.extras.get("traces")
     if trace is None and options.extras.get("traces_path"):
         trace = stochastic.load_traces(options.extras["traces_path"])
@@ -460,12 +493,15 @@ def solve_placement(loads: ExpertLoads, cluster: Cluster, options, policy: str,
 
     solve(costs [K, X, E', G'], weights [K], item_expert [X, N], overhead [X, G'], S)
     -> item_gpu [X, N]; default: `solve_rows` with the options' restarts and seed.
-    Returns (placement, tokens [K, L, E], weights [K]).
+    The plan is made for the operating points at average load; with --robust, a local
+    search on re-sampled steps then takes only swaps that lower their mean makespan
+    (searching the noisy objective from scratch overfits the samples).
+    Returns (placement, tokens [K, L, E], weights [K]) of the objective finally used.
     """
     from vibe.policies.base import slots_per_gpu
 
     S = slots_per_gpu(loads, cluster, options)
-    tokens, w = scenarios(loads, options)
+    tokens, w = point_tokens(loads, options)
     row_layer, row_gpus, row_experts = layer_rows(loads, cluster, options, tokens, w)
     Gr = row_gpus.shape[1]
     row_tokens = tokens[:, row_layer[:, None], row_experts]  # [K, X, E']
@@ -478,6 +514,10 @@ def solve_placement(loads: ExpertLoads, cluster: Cluster, options, policy: str,
         item_gpu = solve_rows(costs, w, items, overhead, S, restarts, options.seed)
     else:
         item_gpu = solve(costs, w, items, overhead, S)
+    if options.robust:
+        tokens, w = sampled_steps(loads, options)
+        costs = replica_costs(cluster, row_gpus, tokens[:, row_layer[:, None], row_experts], count)
+        item_gpu = local_search(costs, w, items, item_gpu, overhead, plateau=False)
     local = slot_layout(items, item_gpu, Gr)  # [X, G', S] row-local expert ids
     experts = np.take_along_axis(row_experts, local.reshape(len(row_layer), -1), axis=1).reshape(local.shape)
     phy = np.empty((loads.num_layers, cluster.num_gpus * S), dtype=np.int64)
