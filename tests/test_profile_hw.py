@@ -66,14 +66,15 @@ def test_cpu_curve_grows_with_tokens(cpu_file):
 
 
 def test_second_profile_agrees_within_noise(cpu_file):
+    """On this shared 2-core machine, repeated profiles' medians moved by up to ~30% with
+    the other jobs' load, their p10 (the least disturbed samples) by up to ~14%."""
     first = Cluster.load(cpu_file)
     spec = _spec(seed=1)
     second = hw.cluster_from_profiles(hw.profile_devices(spec, ["cpu"]), spec)
-    samples = first.gpus[0].extra["samples"]
-    spread = np.median((np.asarray(samples["p90_us"]) - samples["p10_us"]) / np.asarray(samples["median_us"]))
-    tol = max(0.3, spread)
     (row,) = compare_clusters(first, second)
-    assert abs(row["ratio"] - 1) <= tol, (row, tol)
+    assert abs(row["ratio"] - 1) <= 0.5, row
+    p10 = [np.asarray(c.gpus[0].extra["samples"]["p10_us"]) for c in (first, second)]
+    assert abs(np.exp(np.mean(np.log(p10[1] / p10[0]))) - 1) <= 0.25
 
 
 def test_multiprocess_path_on_cpu():
@@ -102,6 +103,7 @@ def test_worker_reports_error_and_releases_barrier():
     (["--hidden", "2000000", "--intermediate", "2000000"], "impossible shape"),
     (["--dtype", "fp8"], "fp8 is not supported on cpu"),
     (["--tokens", "4,2"], "strictly increasing"),
+    (["--devices", "cpu,cpu"], "listed twice"),
 ])
 def test_bad_input_one_line_exit_2(tmp_path, capsys, argv, words):
     out = tmp_path / "c.json"
@@ -112,6 +114,15 @@ def test_bad_input_one_line_exit_2(tmp_path, capsys, argv, words):
     err = capsys.readouterr().err.strip()
     assert words in err and len(err.splitlines()) == 1
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_hinge_fit_is_written_when_asked(tmp_path):
+    out = tmp_path / "h.json"
+    args = [a if a != "7" else "3" for a in SMALL]  # 3 rounds are enough here
+    assert main(["profile", "hw", *args, "--fit", "hinge", "--out", str(out)]) == 0
+    g = Cluster.load(out).gpus[0]
+    assert g.extra["fit"]["method"] == "hinge"
+    assert np.allclose(g.latency_us, hinge_eval(g.extra["fit"], g.tokens))
 
 
 def test_no_gpu_is_a_clear_error():
