@@ -10,8 +10,10 @@ Per row (layer): binary x[e, g] = expert e has a replica on GPU g, continuous z_
 With --redundant the replica counts r_e are fixed by the same time-based rule as `vibe`
 (the MILP is exact for the assignment given those counts). The solution of each layer is
 the MILP's when it finds one within its share of --time-limit, else vibe's; the best
-of the two is kept either way. `extras['exact']` of the placement says per layer whether
-HiGHS proved optimality.
+of the two is kept either way. The placement's extra 'exact' says how many rows HiGHS
+proved optimal and the sum of its per-row lower bounds (the weighted MoE time of any
+plan with these replica counts is at least that; exact for flat rows, i.e. without
+--num-groups).
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ from vibe.policies.base import register_policy
 
 
 def milp_row(costs: np.ndarray, weights: np.ndarray, count: np.ndarray, overhead: np.ndarray,
-             slots_per_gpu: int, time_limit_s: float) -> tuple[np.ndarray | None, bool]:
+             slots_per_gpu: int, time_limit_s: float) -> tuple[np.ndarray | None, bool, float]:
     """One row. costs: [K, E, G]; count: [E] replicas; overhead: [G].
 
-    Returns (x [E, G] 0/1 or None when no solution was found, proven_optimal)."""
+    Returns (x [E, G] 0/1 or None when no solution was found, proven_optimal, HiGHS's
+    lower bound on the row's weighted makespan (us), -inf when it has none)."""
     K, E, G = costs.shape
     nx = E * G
     idx = np.arange(nx).reshape(E, G)
@@ -52,12 +55,14 @@ def milp_row(costs: np.ndarray, weights: np.ndarray, count: np.ndarray, overhead
     bounds = Bounds(np.zeros(n), np.concatenate([np.ones(nx), np.full(K, np.inf)]))
     res = milp(c, constraints=constraints, integrality=integrality, bounds=bounds,
                options={"time_limit": max(time_limit_s, 0.01), "disp": False})
+    bound = getattr(res, "mip_dual_bound", None)
+    bound = float(bound) if bound is not None and np.isfinite(bound) else -np.inf
     if res.x is None:
-        return None, False
-    return np.round(res.x[:nx]).reshape(E, G).astype(np.int64), res.status == 0
+        return None, False, bound
+    return np.round(res.x[:nx]).reshape(E, G).astype(np.int64), res.status == 0, bound
 
 
-def _solve_exact(time_limit_s: float, seed: int, status: list):
+def _solve_exact(time_limit_s: float, seed: int, status: list, bounds: list):
     """A `solve` callback for solve_placement: MILP per row, vibe as fallback and guard."""
 
     def solve(costs, weights, items, overhead, S):
@@ -69,7 +74,8 @@ def _solve_exact(time_limit_s: float, seed: int, status: list):
         for x in range(X):
             left = deadline - time.monotonic()
             count = np.bincount(items[x], minlength=E)
-            sol, optimal = milp_row(costs[:, x], weights, count, overhead[x], S, left / (X - x))
+            sol, optimal, bound = milp_row(costs[:, x], weights, count, overhead[x], S, left / (X - x))
+            bounds.append(bound)
             if sol is not None:
                 # items list each expert's replicas consecutively, experts in id order
                 trial = np.concatenate([np.nonzero(sol[e])[0] for e in range(E)])
@@ -85,7 +91,11 @@ def _solve_exact(time_limit_s: float, seed: int, status: list):
 @register_policy("exact")
 def exact(loads, cluster, options):
     status: list[bool] = []
+    bounds: list[float] = []
     placement, _, _ = solve_placement(loads, cluster, options, "exact",
-                                      _solve_exact(options.time_limit_s, options.seed, status))
-    extra = dict(placement.extra, exact={"optimal_rows": int(sum(status)), "rows": len(status)})
+                                      _solve_exact(options.time_limit_s, options.seed, status, bounds))
+    # the sum of the rows' MILP bounds bounds the weighted MoE time (flat rows = layers)
+    bound = float(sum(bounds)) if bounds and np.isfinite(sum(bounds)) else None
+    extra = dict(placement.extra, exact={"optimal_rows": int(sum(status)), "rows": len(status),
+                                         "milp_bound_us": bound})
     return dataclasses.replace(placement, extra=extra)
