@@ -5,7 +5,7 @@
    skew), GPUs with the measured few-percent spread plus one GPU power-capped (20% slower
    compute), policies linear / eplb / vibe over a QPS sweep, 3 seeds. SLOs come from the
    model (5x a lone prompt's step for TTFT, 2x a 64-request decode step for TPOT).
-3. Scale: 8 .. 256 GPUs, same per-GPU load (65% of linear's estimated capacity), step
+3. Scale: 8 .. 256 GPUs at 65% and 85% of linear's estimated capacity, step
    budget and running cap growing with the group (data-parallel attention).
 
 Numbers are whatever the simulator gives; nothing is tuned to the paper.
@@ -95,7 +95,7 @@ def bench_paper(cluster, loads, placements, fractions, seeds, duration, workers,
     return result
 
 
-def bench_scale(sizes, seeds, fraction, duration, workers) -> list[dict]:
+def bench_scale(sizes, seeds, fractions, duration, workers) -> list[dict]:
     out = []
     for G in sizes:
         cluster, loads, placements, place_s = setup(G)
@@ -103,18 +103,20 @@ def bench_scale(sizes, seeds, fraction, duration, workers) -> list[dict]:
         cal = calibrate(MODEL, cluster, loads, placements["linear"], scheduler=sched)
         spec = SweepSpec(MODEL, duration_s=duration, slo_ttft_ms=cal["slo_ttft_ms"],
                          slo_tpot_ms=cal["slo_tpot_ms"], scheduler=sched)
-        qps = round(fraction * cal["capacity_qps"], 1)
+        qps = [round(f * cal["capacity_qps"], 1) for f in fractions]
         t0 = time.perf_counter()
-        rows = run_sweep(spec, cluster, loads, placements, [qps], seeds, workers)
-        agg = {a["policy"]: a for a in aggregate(rows)}
-        row = {"gpus": G, "qps": qps, "place_s": round(place_s, 1), "sim_s": round(time.perf_counter() - t0, 1),
-               **{f"{p}_p90_ttft_ms": round(a["p90_ttft_ms"], 1) for p, a in agg.items()},
-               **{f"{p}_slo": round(a["slo_attainment"], 4) for p, a in agg.items()}}
-        if "vibe" in agg:
-            for base in ("linear", "eplb"):
-                row[f"vibe_vs_{base}"] = round(agg["vibe"]["p90_ttft_ms"] / agg[base]["p90_ttft_ms"] - 1, 4)
-        console.print(row)
-        out.append(row)
+        rows = run_sweep(spec, cluster, loads, placements, qps, seeds, workers)
+        sim_s = time.perf_counter() - t0
+        for f, q in zip(fractions, qps):
+            agg = {a["policy"]: a for a in aggregate(rows) if a["qps"] == q}
+            row = {"gpus": G, "load": f, "qps": q, "place_s": round(place_s, 1), "sim_s": round(sim_s, 1),
+                   **{f"{p}_p90_ttft_ms": round(a["p90_ttft_ms"], 1) for p, a in agg.items()},
+                   **{f"{p}_slo": round(a["slo_attainment"], 4) for p, a in agg.items()}}
+            if "vibe" in agg:
+                for base in ("linear", "eplb"):
+                    row[f"vibe_vs_{base}"] = round(agg["vibe"]["p90_ttft_ms"] / agg[base]["p90_ttft_ms"] - 1, 4)
+            console.print(row)
+            out.append(row)
     return out
 
 
@@ -125,17 +127,18 @@ def plot_scale(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
-    for base in ("linear", "eplb"):
-        key = f"vibe_vs_{base}"
-        if key in rows[0]:
-            ax.plot([r["gpus"] for r in rows], [100 * r[key] for r in rows], marker="o", label=f"vibe vs {base}")
+    for load in dict.fromkeys(r["load"] for r in rows):
+        pts = [r for r in rows if r["load"] == load]
+        for base, style in (("linear", "-"), ("eplb", "--")):
+            ax.plot([r["gpus"] for r in pts], [100 * r[f"vibe_vs_{base}"] for r in pts], style, marker="o",
+                    label=f"vibe vs {base}, {100 * load:.0f}% load")
     ax.axhline(0, color="grey", linewidth=1)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("GPUs in the EP group")
     ax.set_ylabel("P90 TTFT change (%)")
-    ax.set_title("DeepSeek-V3, one power-capped GPU, 65% of estimated capacity", fontsize=10)
+    ax.set_title("DeepSeek-V3, one power-capped GPU (load: share of estimated capacity)", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -172,7 +175,7 @@ def main(argv=None) -> int:
                 console.print(k, {q: f"{100 * x:+.1f}%" if "ttft" in k else f"{100 * x:+.1f} pts" for q, x in v.items()})
     if "scale" not in args.skip:
         sizes = (8, 32) if args.quick else (8, 16, 32, 64, 128, 256)
-        results["scale"] = bench_scale(sizes, [0] if args.quick else [0, 1], 0.65, 10 if args.quick else 40,
+        results["scale"] = bench_scale(sizes, [0] if args.quick else [0, 1], (0.65, 0.85), 10 if args.quick else 40,
                                        args.workers)
         if "vibe" in placements:
             plot_scale(results["scale"], IMG / "sim_scale.png")

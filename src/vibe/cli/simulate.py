@@ -73,7 +73,7 @@ def _spec(args: argparse.Namespace, loads: ExpertLoads):
     if args.trace is None and args.qps is None:
         raise VibeError("give --qps (Poisson arrivals) or --trace FILE")
     return SweepSpec(
-        model=model_for_loads(loads, args.model), duration_s=args.duration, input_len=args.input_len,
+        model=model_for_loads(loads, args.model, args.loads), duration_s=args.duration, input_len=args.input_len,
         output_len=args.output_len, request_trace=args.trace, max_requests=args.max_requests,
         slo_ttft_ms=args.slo_ttft_ms, slo_tpot_ms=args.slo_tpot_ms,
         scheduler=SchedulerConfig(args.max_batch_tokens, args.max_running, args.kv_tokens),

@@ -132,13 +132,13 @@ def resolve_model(name_or_path: str) -> ModelSpec:
     raise VibeError(f"unknown model {name_or_path!r}: use one of {', '.join(PRESETS)} or a vibe.model/v1 .json file")
 
 
-def model_for_loads(loads, name: str | None = None) -> ModelSpec:
+def model_for_loads(loads, name: str | None = None, source: object = "loads") -> ModelSpec:
     """The preset with the loads' shape (layers x experts, top_k); `name` forces one.
 
     Raises VibeError when no preset matches, naming the shapes."""
     if name is not None:
         m = resolve_model(name)
-        check_model_matches(m, loads.num_layers, loads.num_experts, loads.top_k, "loads")
+        check_model_matches(m, loads.num_layers, loads.num_experts, loads.top_k, source)
         return m
     for m in PRESETS.values():
         if (m.num_moe_layers, m.num_experts, m.top_k) == (loads.num_layers, loads.num_experts, loads.top_k):

@@ -61,7 +61,8 @@ def markdown_table(agg: list[dict], sustained: dict[str, float | None], target: 
     return "\n".join(lines) + "\n"
 
 
-def plot_png(agg: list[dict], key: str, ylabel: str, title: str, target: float | None = None) -> bytes:
+def plot_png(agg: list[dict], key: str, ylabel: str, title: str, target: float | None = None,
+             log: bool = False) -> bytes:
     """One line per policy of `key` vs QPS, as PNG bytes (matplotlib, Agg)."""
     import matplotlib
 
@@ -74,6 +75,8 @@ def plot_png(agg: list[dict], key: str, ylabel: str, title: str, target: float |
         ax.plot(*zip(*pts), marker="o", label=policy)
     if target is not None:
         ax.axhline(target, color="grey", linestyle=":", linewidth=1)
+    if log:
+        ax.set_yscale("log")
     ax.set_xlabel("QPS")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
@@ -94,7 +97,7 @@ def write_report(folder: str | os.PathLike, rows: list[dict], title: str, meta: 
     best = sustained_qps(agg, target)
     files = {
         "table.md": f"# {title}\n\n" + markdown_table(agg, best, target),
-        "p90_ttft_vs_qps.png": plot_png(agg, "p90_ttft_ms", "P90 TTFT (ms)", title),
+        "p90_ttft_vs_qps.png": plot_png(agg, "p90_ttft_ms", "P90 TTFT (ms, log scale)", title, log=True),
         "slo_vs_qps.png": plot_png(agg, "slo_attainment", "SLO attainment", title, target),
     }
     folder = Path(folder)
