@@ -22,8 +22,6 @@ import dataclasses
 import time
 
 import numpy as np
-import scipy.sparse as sp
-from scipy.optimize import Bounds, LinearConstraint, milp
 
 from vibe.policies._timebalance import gpu_times, objective, solve_placement, solve_rows
 from vibe.policies.base import register_policy
@@ -35,6 +33,9 @@ def milp_row(costs: np.ndarray, weights: np.ndarray, count: np.ndarray, overhead
 
     Returns (x [E, G] 0/1 or None when no solution was found, proven_optimal, HiGHS's
     lower bound on the row's weighted makespan (us), -inf when it has none)."""
+    import scipy.sparse as sp  # imported here: keeps `vibe` start-up fast
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
     K, E, G = costs.shape
     nx = E * G
     idx = np.arange(nx).reshape(E, G)
