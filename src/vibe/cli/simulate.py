@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -96,6 +97,14 @@ def _check_trace(spec, placement: Placement) -> None:
         _TRACES[spec.routing_trace] = trace
 
 
+@contextlib.contextmanager
+def _bar(label: str, total: int | None = None):
+    """A transient rich progress bar on stderr: yields (progress, task id)."""
+    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console, transient=True) as bar:
+        yield bar, bar.add_task(label, total=total)
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from vibe.sim.hardware import check_hardware
     from vibe.sim.sweep import run_point
@@ -110,7 +119,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         check_qps(args.qps)
     check_hardware(spec.hardware, cluster.num_gpus)
     _check_trace(spec, placement)
-    row = run_point(spec, cluster, loads, placement, placement.policy or "placement", args.qps, args.seed)
+    with _bar("simulating requests") as (bar, task):
+        row = run_point(spec, cluster, loads, placement, placement.policy or "placement", args.qps, args.seed,
+                        progress=lambda done, total: bar.update(task, completed=done, total=total))
     if args.json:
         print(json.dumps(row))
         return 0
@@ -136,24 +147,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from vibe.sim.hardware import check_hardware
     from vibe.sim.report import write_report
     from vibe.sim.sweep import run_sweep
+    from vibe.sim.workload import check_qps
 
-    cluster, loads = _inputs(args)
-    spec = _spec(args, loads)
-    check_hardware(spec.hardware, cluster.num_gpus)
-    if args.workers is not None and args.workers < 1:
-        raise VibeError("--workers must be >= 1")
-    policies = args.policies or [p for p in ("linear", "eplb", "vibe") if p in available_policies()]
-    options = PlacementOptions(redundant=args.redundant)
-    placements = {p: place(loads, cluster, p, options) for p in policies}
-    _check_trace(spec, next(iter(placements.values())))
     if args.ray_address:
         import importlib.util
 
         if importlib.util.find_spec("ray") is None:
-            raise VibeError("--ray-address needs the 'ray' package, which is not installed")
-    with Progress(TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=True) as bar:
-        task = bar.add_task("sweep", total=len(policies) * len(args.qps) * len(args.seeds))
+            raise VibeError("--ray-address needs the 'ray' package, which is not installed "
+                            "(pip install ray, or drop --ray-address to use local processes)")
+    if args.workers is not None and args.workers < 1:
+        raise VibeError("--workers must be >= 1")
+    cluster, loads = _inputs(args)
+    spec = _spec(args, loads)
+    check_hardware(spec.hardware, cluster.num_gpus)
+    for q in args.qps:
+        check_qps(q)
+    policies = args.policies or [p for p in ("linear", "eplb", "vibe") if p in available_policies()]
+    options = PlacementOptions(redundant=args.redundant)
+    placements = {p: place(loads, cluster, p, options) for p in policies}
+    _check_trace(spec, next(iter(placements.values())))
+    with _bar("simulating points", len(policies) * len(args.qps) * len(args.seeds)) as (bar, task):
         rows = run_sweep(spec, cluster, loads, placements, args.qps, args.seeds, args.workers, args.ray_address,
                          progress=lambda done, total: bar.update(task, completed=done))
     title = f"{spec.model.name} on {cluster.num_gpus} GPUs ({cluster.name})"

@@ -128,7 +128,9 @@ def simulate(workload: Workload, cluster: Cluster, loads: ExpertLoads, placement
     while not sched.done and t < limit:
         batch = sched.schedule(t)
         if batch.requests.size == 0:
-            t = max(t, sched.next_arrival())  # idle until the next request arrives
+            if sched.next_arrival() <= t:  # cannot happen: the scheduler admits onto an empty group
+                raise RuntimeError("scheduler made no progress")
+            t = sched.next_arrival()  # idle until the next request arrives
             continue
         factors = None if hardware.is_static else speed_factors(plan, t, hw_rng)
         dense_scale = float((static if factors is None else static * factors).max())

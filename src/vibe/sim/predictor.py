@@ -81,7 +81,7 @@ def profile_router(loads: ExpertLoads, exact_limit: float = 2.0) -> Router:
             # One uniform per draw: its integer part picks a column, its fraction the coin.
             u = rng.random((L, n), dtype=np.float32)
             u *= E
-            col = u.astype(np.int32)
+            col = np.minimum(u.astype(np.int32), E - 1)  # float32 u * E may round up to E
             u -= col
             col += row
             pick = np.where(u < prob[col], col, alias[col])

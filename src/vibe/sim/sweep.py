@@ -56,7 +56,7 @@ _TRACES: dict[str, object] = {}  # routing traces already read by this process
 
 
 def run_point(spec: SweepSpec, cluster: Cluster, loads: ExpertLoads, placement: Placement, policy: str,
-              qps: float | None, seed: int) -> dict:
+              qps: float | None, seed: int, progress: Callable[[int, int], None] | None = None) -> dict:
     """One simulation -> its summary row (with policy, qps, seed)."""
     trace = None
     if spec.routing_trace is not None:
@@ -64,7 +64,8 @@ def run_point(spec: SweepSpec, cluster: Cluster, loads: ExpertLoads, placement: 
                                                                       load_routing_trace(spec.routing_trace))
     workload = make_workload(spec, qps, seed)
     result = simulate(workload, cluster, loads, placement, spec.model, spec.scheduler,
-                      replace(spec.hardware, seed=spec.hardware.seed + seed), trace, spec.routing, seed, spec.gpu)
+                      replace(spec.hardware, seed=spec.hardware.seed + seed), trace, spec.routing, seed, spec.gpu,
+                      progress=progress)
     row = summarize(result, spec.slo_ttft_ms, spec.slo_tpot_ms)
     row.update(policy=policy, qps=float(qps) if qps is not None else workload.qps, seed=int(seed))
     return row
