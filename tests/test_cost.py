@@ -275,3 +275,25 @@ def test_replica_bounds_hold_and_bind_at_decode():
     _, us = cluster.latency_table()
     assert np.all(active >= (cluster.overhead_us + 4 * us[:, 0]).min() - 1e-9)
     assert pt.ratio_to_lb < 1.6
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 10**6), st.sampled_from([(4, 1), (6, 2), (8, 4), (12, 3)]),
+       st.sampled_from(["random", "zero-layer", "huge-skew", "ties"]))
+def test_lagrangian_bound_is_valid_on_degenerate_layers(seed, shape, kind):
+    E, G = shape
+    rng = np.random.default_rng(seed)
+    costs = rng.uniform(1, 100, size=(2, E, G))
+    over = rng.uniform(0, 5, size=G)
+    if kind == "zero-layer":
+        costs[0] = 0
+    elif kind == "huge-skew":
+        costs[:, 0] *= 1e9
+    elif kind == "ties":
+        costs[:] = costs[:, :, :1]
+        over[:] = 1.0
+    exact = np.array([cost.lp_lower_bound(c, over, E // G) for c in costs])
+    fast = cost.lagrangian_lower_bounds(costs, over, E // G)
+    assert np.all(np.isfinite(fast))
+    assert np.all(fast <= exact * (1 + 1e-9) + 1e-9)
+    assert np.all(fast >= exact * (1 - 2e-2) - 1e-9)
