@@ -190,3 +190,12 @@ def test_missing_file_is_named(files, capsys):
     missing = tmp / "nowhere.json"
     rc, text, err = run(place_args(str(missing), loads, tmp / "p.json"), capsys)
     assert_refused(rc, text, err, missing, "no such file")
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "a-folder"])
+def test_unwritable_output_is_a_one_line_error(files, capsys, where):
+    tmp, cluster, loads = files
+    out = tmp / "loads.json" / "plan.json" if where == "under-a-file" else tmp
+    rc, text, err = run(place_args(cluster, loads, out, "--policy", "linear"), capsys)
+    assert_refused(rc, text, err, out)
+    assert sorted(p.name for p in tmp.iterdir()) == ["cluster.json", "loads.json"]

@@ -22,8 +22,13 @@ from vibe.errors import InputError
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; rename it onto `path` on success only."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    if target.is_dir():
+        raise InputError(target, "is a folder, cannot write a file there")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:  # an unwritable or impossible output path is a user error
+        raise InputError(target, f"cannot write here ({exc.strerror or exc.__class__.__name__})") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
