@@ -5,7 +5,9 @@
    skew), GPUs with the measured few-percent spread plus one GPU power-capped (20% slower
    compute), policies linear / eplb / vibe over a QPS sweep, 3 seeds. SLOs come from the
    model (5x a lone prompt's step for TTFT, 2x a 64-request decode step for TPOT).
-3. Scale: 8 .. 256 GPUs at 65% and 85% of linear's estimated capacity, step
+3. Real inputs: ESFT router decisions (DeepSeek-V2-Lite shape, re-sampled per step) and
+   the Azure conversation trace (real arrivals and lengths, rescaled to each QPS), 8 GPUs.
+4. Scale: 8 .. 256 GPUs at 65% and 85% of linear's estimated capacity, step
    budget and running cap growing with the group (data-parallel attention).
 
 Numbers are whatever the simulator gives; nothing is tuned to the paper.
@@ -28,6 +30,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from vibe.engines.esft import load_esft_loads
 from vibe.policies import available_policies, place
 from vibe.sim import PRESETS, SchedulerConfig, poisson_workload, simulate, summarize
 from vibe.sim.report import aggregate, plot_png, sustained_qps, write_report
@@ -35,6 +38,9 @@ from vibe.sim.sweep import SweepSpec, calibrate, run_sweep
 from vibe.synth import synth_cluster, synth_loads_for_model
 
 ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+AZURE = DATA / "request-traces" / "AzureLLMInferenceTrace_conv.csv"
+ESFT = DATA / "routing" / "esft-dsv2lite" / "intent"
 IMG = ROOT / "docs" / "img"
 MODEL = PRESETS["deepseek-v3"]
 console = Console(highlight=False)
@@ -95,6 +101,35 @@ def bench_paper(cluster, loads, placements, fractions, seeds, duration, workers,
     return result
 
 
+def bench_real(fractions, seeds, duration, workers, out: Path) -> dict:
+    """ESFT loads + routing trace, Azure conversation arrivals, 8 GPUs with one power-capped."""
+    from vibe.sim.workload import read_azure_trace
+
+    cluster = synth_cluster(8, scenario="power-cap", seed=0)
+    loads = load_esft_loads(ESFT)
+    placements = {p: place(loads, cluster, p) for p in policies()}
+    model = PRESETS["deepseek-v2-lite"]
+    trace = read_azure_trace(AZURE)
+    n_in, n_out = int(trace.input_len.mean()), int(trace.output_len.mean())
+    cal = calibrate(model, cluster, loads, placements["linear"], n_in, n_out)
+    qps = [round(f * cal["capacity_qps"], 1) for f in fractions]
+    spec = SweepSpec(model, duration_s=duration, request_trace=str(AZURE), slo_ttft_ms=cal["slo_ttft_ms"],
+                     slo_tpot_ms=cal["slo_tpot_ms"], routing_trace=str(ESFT))
+    rows = run_sweep(spec, cluster, loads, placements, qps, seeds, workers)
+    title = (f"ESFT routing + Azure conv arrivals, 8 GPUs, one power-capped (SLO TTFT {cal['slo_ttft_ms']:g} ms, "
+             f"TPOT {cal['slo_tpot_ms']:g} ms)")
+    written = write_report(out / "real-esft-azure", rows, title, {"calibration": cal, "seeds": seeds})
+    shutil.copyfile(written["p90_ttft_vs_qps.png"], IMG / "sim_real_p90_ttft.png")
+    shutil.copyfile(written["slo_vs_qps.png"], IMG / "sim_real_slo.png")
+    agg = aggregate(rows)
+    res = {"calibration": cal, "mean_lengths": [n_in, n_out], "qps": qps,
+           "sustained_qps_at_90pct": sustained_qps(agg), "table_md": written["table.md"].read_text()}
+    if "vibe" in placements:
+        for base in ("linear", "eplb"):
+            res[f"vibe_vs_{base}_p90_ttft"] = relative(agg, "p90_ttft_ms", "vibe", base)
+    return res
+
+
 def bench_scale(sizes, seeds, fractions, duration, workers) -> list[dict]:
     out = []
     for G in sizes:
@@ -149,7 +184,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer points, shorter runs (a smoke test)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "out" / "bench-sim"))
-    ap.add_argument("--skip", nargs="*", default=[], choices=("speed", "paper", "scale"))
+    ap.add_argument("--skip", nargs="*", default=[], choices=("speed", "paper", "real", "scale"))
     args = ap.parse_args(argv)
     out = Path(args.out)
     IMG.mkdir(parents=True, exist_ok=True)
@@ -173,6 +208,14 @@ def main(argv=None) -> int:
         for k, v in results["paper"].items():
             if k.startswith("vibe_vs"):
                 console.print(k, {q: f"{100 * x:+.1f}%" if "ttft" in k else f"{100 * x:+.1f} pts" for q, x in v.items()})
+    if "real" not in args.skip and AZURE.exists() and ESFT.exists():
+        fractions = (0.4, 0.8) if args.quick else (0.3, 0.5, 0.6, 0.7, 0.8, 0.9)
+        results["real"] = bench_real(fractions, [0] if args.quick else [0, 1, 2], 15 if args.quick else 60,
+                                     args.workers, out)
+        console.print(results["real"]["table_md"])
+        for k, v in results["real"].items():
+            if k.startswith("vibe_vs"):
+                console.print(k, {q: f"{100 * x:+.1f}%" for q, x in v.items()})
     if "scale" not in args.skip:
         sizes = (8, 32) if args.quick else (8, 16, 32, 64, 128, 256)
         results["scale"] = bench_scale(sizes, [0] if args.quick else [0, 1], (0.65, 0.85), 10 if args.quick else 40,
