@@ -162,11 +162,11 @@ def plot_scale(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
-    for load in dict.fromkeys(r["load"] for r in rows):
+    for load, style in zip(dict.fromkeys(r["load"] for r in rows), ("-", "--", ":")):
         pts = [r for r in rows if r["load"] == load]
-        for base, style in (("linear", "-"), ("eplb", "--")):
-            ax.plot([r["gpus"] for r in pts], [100 * r[f"vibe_vs_{base}"] for r in pts], style, marker="o",
-                    label=f"vibe vs {base}, {100 * load:.0f}% load")
+        for base, color in (("linear", "C0"), ("eplb", "C1")):
+            ax.plot([r["gpus"] for r in pts], [100 * r[f"vibe_vs_{base}"] for r in pts], style, color=color,
+                    marker="o", label=f"vibe vs {base}, {100 * load:.0f}% load")
     ax.axhline(0, color="grey", linewidth=1)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("GPUs in the EP group")
