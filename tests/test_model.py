@@ -193,6 +193,7 @@ LOADS_CASES = [
     ("layer ids", ("layer_ids",), [1, 2, 3], "layer_ids"),
     ("repeated ids", ("layer_ids",), [1, 1], "repeat"),
     ("no counts", ("counts",), _DELETE, "counts"),
+    ("overflowing total", ("counts", 0), [1e308] * 8, "overflows"),
 ]
 
 
@@ -217,6 +218,9 @@ PLACEMENT_CASES = [
     ("zero weights", ("replica_weights",), [[0.0] * 12] * 2, "replica_weights"),
     ("layer ids", ("layer_ids",), [1], "layer_ids"),
     ("num_gpus", ("num_gpus",), 0, "num_gpus"),
+    ("num_logical_experts text", ("num_logical_experts",), "eight", "num_logical_experts"),
+    ("num_logical_experts list", ("num_logical_experts",), [8], "num_logical_experts"),
+    ("too few experts", ("num_logical_experts",), 9, "missing expert 8"),
 ]
 
 

@@ -102,6 +102,10 @@ def _validate(loads: ExpertLoads, source: object) -> None:
     if np.any(c < 0):
         l, e = np.argwhere(c < 0)[0]
         raise InputError(source, f"negative count at layer row {l}, expert {e}")
+    with np.errstate(over="ignore"):
+        overflow = not np.all(np.isfinite(c.sum(axis=1)))
+    if overflow:
+        raise InputError(source, "counts too large: a layer's total overflows")
     if not isinstance(loads.top_k, (int, np.integer)) or loads.top_k < 1:
         raise InputError(source, "'top_k' must be a positive integer")
     if loads.top_k > c.shape[1]:

@@ -71,6 +71,8 @@ class Placement:
         num_e = obj.get("num_logical_experts")
         if num_e is None:
             num_e = int(phy.max()) + 1 if phy.size else 0
+        elif isinstance(num_e, bool) or not isinstance(num_e, (int, float)) or not float(num_e).is_integer():
+            raise InputError(source, "'num_logical_experts' must be an integer")
         weights = obj.get("replica_weights")
         if weights is not None:
             weights = numeric_array(weights, "replica_weights", source, 2)
