@@ -452,15 +452,15 @@ def layer_rows(loads: ExpertLoads, cluster: Cluster, options, tokens: np.ndarray
     """
     L, E, G = loads.num_layers, loads.num_experts, cluster.num_gpus
     nodes = np.unique(cluster.nodes)
-    if not options.num_groups or len(nodes) == 1:
-        return np.arange(L), np.tile(np.arange(G), (L, 1)), np.tile(np.arange(E), (L, 1))
     num_groups, num_nodes = options.num_groups, len(nodes)
+    if num_groups is not None and (num_groups < 1 or num_groups % num_nodes or E % num_groups):
+        raise VibeError(f"--num-groups {num_groups} must divide the {E} experts and be a multiple of "
+                        f"the {num_nodes} nodes")
+    if not num_groups or num_nodes == 1:
+        return np.arange(L), np.tile(np.arange(G), (L, 1)), np.tile(np.arange(E), (L, 1))
     node_gpus = [np.nonzero(cluster.nodes == n)[0] for n in nodes]
     if len({len(g) for g in node_gpus}) != 1:
         raise VibeError("--num-groups needs nodes with equal GPU counts")
-    if num_groups % num_nodes or E % num_groups:
-        raise VibeError(f"--num-groups {num_groups} must divide the {E} experts and be a multiple of "
-                        f"the {num_nodes} nodes")
     ref = reference_cluster(cluster)
     work = np.einsum("k,kle->le", weights, expert_time_us(ref, 0, tokens))  # [L, E]
     group_work = work.reshape(L, num_groups, -1).sum(axis=2)  # [L, groups]
