@@ -223,3 +223,25 @@ def test_esft_decode_batch_never_slower_than_linear(esft_loads, G):
         vibe = moe_time(place(esft_loads, cluster, "vibe", o), esft_loads, cluster, (256,))
         linear = moe_time(place(esft_loads, cluster, "linear", o), esft_loads, cluster, (256,))
         assert vibe <= linear * (1 + 1e-9)
+
+
+def test_replicas_go_to_experts_that_set_the_pace():
+    """At prefill a very hot expert is split (its replica time sets the makespan); a
+    spare slot never goes to it beyond one per GPU."""
+    counts = np.full((1, 16), 100.0)
+    counts[0, 5] = 3000.0
+    loads = ExpertLoads(counts, 2)
+    cluster = synth_cluster(4, scenario="identical")
+    p = place(loads, cluster, "vibe", PlacementOptions(redundant=4, batch_tokens=PREFILL))
+    assert p.logical_count()[0, 5] == 4  # as many as there are GPUs, one on each
+    assert duplicates_per_gpu(p) == 0
+    e = place(loads, cluster, "eplb", PlacementOptions(redundant=4, batch_tokens=PREFILL))
+    assert moe_time(p, loads, cluster) <= moe_time(e, loads, cluster) * (1 + 1e-9)
+
+
+def test_hierarchical_vibe_beats_hierarchical_eplb_with_a_slow_gpu():
+    loads = synth_loads(4, 32, 4, seed=8)
+    cluster = slowed_cluster(8, {5: 1.25}, nodes=[0, 0, 0, 0, 1, 1, 1, 1])
+    o = PlacementOptions(num_groups=4, redundant=8, batch_tokens=PREFILL)
+    assert moe_time(place(loads, cluster, "vibe", o), loads, cluster) < \
+        0.95 * moe_time(place(loads, cluster, "eplb", o), loads, cluster)
