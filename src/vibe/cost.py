@@ -265,6 +265,85 @@ def active_slots_bound(cluster: Cluster, active_experts: np.ndarray, slots_per_g
     return np.where(need > 0, cand[first], over.max()).astype(np.float64)
 
 
+def convex_minorant_lines(cluster: Cluster, top_tokens: float) -> tuple[np.ndarray, np.ndarray]:
+    """The lower convex hull of every GPU's curve on (0, top_tokens], as lines whose max is
+    the hull: (intercepts [G, J], slopes [G, J]), padded by repeating the last line.
+
+    The hull starts at (0, t_g(0+)): a slot with any token pays at least the floor.
+    """
+    grid, us = cluster.latency_table()
+    G = cluster.num_gpus
+    n = np.concatenate([[0.0], grid[grid < top_tokens], [float(top_tokens)]])  # [Q]
+    t = np.concatenate([us[:, :1], expert_time_us(cluster, np.arange(G)[:, None], n[None, 1:])], axis=1)  # [G, Q]
+    lines = []
+    for tg in t:
+        hull = [0]  # monotone chain: drop a point that lies on or above the chord of its neighbours
+        for j in range(1, len(n)):
+            while len(hull) >= 2 and ((tg[hull[-1]] - tg[hull[-2]]) * (n[j] - n[hull[-2]])
+                                      >= (tg[j] - tg[hull[-2]]) * (n[hull[-1]] - n[hull[-2]])):
+                hull.pop()
+            hull.append(j)
+        i, j = np.array(hull[:-1]), np.array(hull[1:])
+        slope = (tg[j] - tg[i]) / (n[j] - n[i])
+        lines.append((tg[i] - slope * n[i], slope))
+    J = max(len(s) for _, s in lines)
+    icpt = np.array([np.pad(c, (0, J - len(c)), mode="edge") for c, _ in lines])
+    slope = np.array([np.pad(s, (0, J - len(s)), mode="edge") for _, s in lines])
+    return icpt, slope
+
+
+def slot_work_bound(cluster: Cluster, expert_tokens: np.ndarray, slots_per_gpu: int,
+                    known: np.ndarray | None = None, steps: int = 40) -> np.ndarray:
+    """Bound for any plan, replicas included, that counts both the floors and the work.
+
+    expert_tokens: [L, E] n_e -> [L] bound (us). GPU g runs a_g <= S slots with tokens
+    (together at least A = the experts with tokens), each slot at most M = max_e n_e
+    tokens, and sum_g N_g = N tokens. With h_g the convex hull of t_g on (0, M] (below
+    the curve), Jensen gives T_g >= o_g + a_g h_g(N_g / a_g). For a time z, a GPU with a
+    slots can take at most cap_g(a) = min(a M, a h_g^-1((z - o_g) / a)) tokens, concave in
+    a; z is reachable only if some a_g with sum >= A give sum_g cap_g(a_g) >= N. The bound
+    is the smallest such z, by bisection (all layers at once). It implies the fluid and
+    active-slots bounds. known: [L] bounds already proven, to start from.
+    """
+    n_e = np.asarray(expert_tokens, dtype=np.float64)
+    L = n_e.shape[0]
+    over = cluster.overhead_us
+    N, M, A = n_e.sum(axis=1), n_e.max(axis=1), (n_e > 0).sum(axis=1)
+    icpt, slope = convex_minorant_lines(cluster, max(float(M.max()), 1.0))  # [G, J]
+    floor_us = cluster.latency_table()[1][:, 0]  # [G]
+    a = np.arange(1, slots_per_gpu + 1, dtype=np.float64)  # [S]
+    rising = slope > 0
+    safe_slope = np.where(rising, slope, 1.0)
+
+    def placeable_tokens(z: np.ndarray) -> np.ndarray:
+        """[L] most tokens the GPUs can take within time z using >= A slots with tokens."""
+        budget = (z[:, None, None] - over[None, :, None]) / a  # [L, G, S] per-slot time
+        inv = np.where(rising[None, :, None, :], (budget[..., None] - icpt[None, :, None, :])
+                       / safe_slope[None, :, None, :], np.inf).min(axis=-1)  # [L, G, S] h^-1
+        fits = budget >= floor_us[None, :, None] * (1 - 1e-12)  # erring towards "fits" keeps it a bound
+        cap = np.where(fits, np.minimum(M[:, None, None], inv) * a, -np.inf)
+        prev = np.concatenate([np.zeros((L, cap.shape[1], 1)), cap[..., :-1]], axis=2)
+        with np.errstate(invalid="ignore"):
+            gain = np.where(np.isfinite(prev), cap - prev, -np.inf)  # marginal tokens of one more slot
+        gain = -np.sort(-gain.reshape(L, -1), axis=1)  # [L, G*S] largest first
+        positive = np.where(gain > 0, gain, 0.0).sum(axis=1)
+        first_a = np.cumsum(gain, axis=1)[np.arange(L), np.maximum(A, 1) - 1]  # -inf: too few slots
+        return np.where((gain > 0).sum(axis=1) >= A, positive, first_a)
+
+    lo = np.full(L, over.max()) if known is None else np.maximum(known, over.max())
+    hi = lo * 2 + 1.0
+    for _ in range(64):  # grow hi until every layer is feasible there
+        bad = ~(placeable_tokens(hi) >= N)
+        if not bad.any():
+            break
+        hi = np.where(bad, hi * 2, hi)
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        ok = placeable_tokens(mid) >= N * (1 - 1e-12)  # erring towards "feasible" keeps it a bound
+        lo, hi = np.where(ok, lo, mid), np.where(ok, mid, hi)
+    return np.where(A > 0, lo, over.max())
+
+
 def lp_bounds(costs: np.ndarray, overhead_us: np.ndarray, slots_per_gpu: int,
               known: np.ndarray | None = None) -> np.ndarray:
     """[L, E, G] costs -> [L] LP bound of every layer: exact (HiGHS) when the merged LP
@@ -294,16 +373,17 @@ def lp_bounds(costs: np.ndarray, overhead_us: np.ndarray, slots_per_gpu: int,
 def layer_lower_bounds(loads: ExpertLoads, cluster: Cluster, batch_tokens: float, num_slots: int) -> np.ndarray:
     """[L] lower bound on every layer's time for any plan with `num_slots` slots per layer.
 
-    Without replicas (num_slots == E): max of the LP bound, the hottest-expert bound, the
-    cheapest-slots bound, the active-slots bound and the fluid bound. With replicas: the
-    active-slots and fluid bounds.
+    Any plan: the slot-work bound (started from the cheaper fluid and active-slots
+    bounds it implies). Without replicas (num_slots == E) also the LP bound, the
+    hottest-expert bound and the cheapest-slots bound; the maximum of all of them.
     """
     n_e = loads.expert_tokens(batch_tokens)
     over = cluster.overhead_us
     out = np.array([fluid_bound(cluster, float(row.sum()), float(row.max())) for row in n_e])
-    out = np.maximum(out, active_slots_bound(cluster, (n_e > 0).sum(axis=1), num_slots // cluster.num_gpus))
+    S = num_slots // cluster.num_gpus
+    out = np.maximum(out, active_slots_bound(cluster, (n_e > 0).sum(axis=1), S))
+    out = np.maximum(out, slot_work_bound(cluster, n_e, S, known=out))
     if num_slots == loads.num_experts:
-        S = num_slots // cluster.num_gpus
         costs_all = expert_cost_matrix(cluster, n_e)  # [L, E, G]
         out = np.maximum(out, [hottest_expert_bound(c, over, S) for c in costs_all])
         out = np.maximum(out, cheapest_slots_bound(costs_all, over, S))
