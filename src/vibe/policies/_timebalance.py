@@ -159,7 +159,7 @@ def _top3(T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def local_search(costs: np.ndarray, weights: np.ndarray, item_expert: np.ndarray, item_gpu: np.ndarray,
                  overhead: np.ndarray, max_rounds: int | None = None, plateau: bool = True) -> np.ndarray:
     """Swap items between the most loaded GPUs and lightly loaded ones while the weighted
-    makespan f drops, or stays equal while psi = sum_k w_k sum_g (T[k,g] / M0_k)^PSI_POWER
+    makespan f drops, or stays equal while psi = sum_k w_k sum_g (T[k,g] / M0_k)^64
     drops (a smooth stand-in for the max: it walks off plateaus where several GPUs tie at
     the max and evens out the GPUs just below it). (f, psi) falls at every round, so the
     search cannot cycle. plateau=False takes only swaps that lower f.
@@ -176,6 +176,7 @@ def local_search(costs: np.ndarray, weights: np.ndarray, item_expert: np.ndarray
     item_gpu = item_gpu.copy()
     if G < 2 or X == 0:
         return item_gpu
+    costs = np.ascontiguousarray(costs)  # _cost_at reads it flat
     T = gpu_times(costs, item_expert, item_gpu, overhead)
     has = np.zeros((X, E, G), dtype=np.int64)
     np.add.at(has, (np.arange(X)[:, None], item_expert, item_gpu), 1)
@@ -203,7 +204,14 @@ def local_search(costs: np.ndarray, weights: np.ndarray, item_expert: np.ndarray
 PARTNER_GPUS = 8  # least-loaded GPUs searched for a swap partner
 CRITICAL_GPUS = 4  # busiest GPUs that look for a partner in each round
 FULL_SEARCH_GPUS = 32  # up to this EP size a row stops only at a full-neighbourhood optimum
-PSI_POWER = 64  # how sharply psi singles out the busiest GPUs
+PSI_SQUARINGS = 6  # psi uses (T / M0)^(2^6): how sharply it singles out the busiest GPUs
+
+
+def _psi(x: np.ndarray) -> np.ndarray:
+    """x^(2^PSI_SQUARINGS) by repeated squaring (much faster than a float power)."""
+    for _ in range(PSI_SQUARINGS):
+        x = x * x
+    return x
 
 
 def _critical_gpus(Ta: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -246,26 +254,26 @@ def _best_swaps(costs, w, item_expert, item_gpu, T, has, r, scale, norm, num_par
     ea = np.take_along_axis(ie[:, None, :], a_items, axis=2)  # [A, Q, S]
     eb = np.take_along_axis(ie, b_items, axis=1)  # [A, Nb]
     xs = r[:, None, None, None]
-    c_a_gc = costs[:, r[:, None, None], ea, gc[:, :, None]]  # [K, A, Q, S]
-    c_b_gc = costs[:, r[:, None, None], eb[:, None, :], gc[:, :, None]]  # [K, A, Q, Nb]
-    c_b_h = costs[:, r[:, None], eb, h]  # [K, A, Nb]
-    c_a_h = costs[:, xs, ea[..., None], h[:, None, None, :]]  # [K, A, Q, S, Nb]
+    c_a_gc = _cost_at(costs, r[:, None, None], ea, gc[:, :, None])  # [K, A, Q, S]
+    c_b_gc = _cost_at(costs, r[:, None, None], eb[:, None, :], gc[:, :, None])  # [K, A, Q, Nb]
+    c_b_h = _cost_at(costs, r[:, None], eb, h)  # [K, A, Nb]
+    c_a_h = _cost_at(costs, xs, ea[..., None], h[:, None, None, :])  # [K, A, Q, S, Nb]
     Tg = np.take_along_axis(Ta, np.broadcast_to(gc, (K,) + gc.shape), axis=2)  # [K, A, Q]
     Th = np.take_along_axis(Ta, np.broadcast_to(h, (K,) + h.shape), axis=2)  # [K, A, Nb]
     new_g = Tg[..., None, None] - c_a_gc[..., None] + c_b_gc[:, :, :, None, :]
     new_h = (Th - c_b_h)[:, :, None, None, :] + c_a_h
     pair = np.maximum(new_g, new_h)  # [K, A, Q, S, Nb]
     rest = _rest_max(top_v, top_i, gc, h)  # [K, A, Q, Nb]
-    df = np.einsum("k,kaqsn->aqsn", w, np.maximum(pair, rest[:, :, :, None, :]) - M[:, :, None, None, None])
+    df = np.tensordot(w, np.maximum(pair, rest[:, :, :, None, :]) - M[:, :, None, None, None], axes=1)
     nk = norm[:, r][:, :, None]  # [K, A, 1]
-    psi_old = (Tg / nk) ** PSI_POWER  # [K, A, Q]
-    psi_h = (Th / nk) ** PSI_POWER  # [K, A, Nb]
+    psi_old = _psi(Tg / nk)  # [K, A, Q]
+    psi_h = _psi(Th / nk)  # [K, A, Nb]
     nk = nk[..., None, None]
-    dpsi = np.einsum("k,kaqsn->aqsn", w, (new_g / nk) ** PSI_POWER + (new_h / nk) ** PSI_POWER
-                     - (psi_old[..., None, None] + psi_h[:, :, None, None, :]))
+    dpsi = np.tensordot(w, _psi(new_g / nk) + _psi(new_h / nk)
+                        - (psi_old[..., None, None] + psi_h[:, :, None, None, :]), axes=1)
     valid = (h[:, None, :] != gc[:, :, None])[:, :, None, :] & (ea[..., None] != eb[:, None, None, :])
-    valid &= has[xs, ea[..., None], h[:, None, None, :]] == 0
-    valid &= (has[r[:, None, None], eb[:, None, :], gc[:, :, None]] == 0)[:, :, None, :]
+    valid &= _cost_at(has[None], xs, ea[..., None], h[:, None, None, :])[0] == 0
+    valid &= (_cost_at(has[None], r[:, None, None], eb[:, None, :], gc[:, :, None])[0] == 0)[:, :, None, :]
     tol = 1e-9 * scale[r][:, None, None, None]
     falls = valid & (dpsi < -1e-12) & plateau
     good = valid & (df < -tol) | falls & (df <= 0)
@@ -295,6 +303,14 @@ def _best_swaps(costs, w, item_expert, item_gpu, T, has, r, scale, norm, num_par
         used[t, g_q[take]] = True
         used[t, h_q[take]] = True
     return out_a, out_b
+
+
+def _cost_at(costs: np.ndarray, x, e, g) -> np.ndarray:
+    """costs[:, x, e, g] for broadcastable index arrays -> [K, *shape]; one flat `take`
+    (several times faster than numpy's multi-array fancy indexing here). costs must be
+    C-contiguous [K, X, E, G] (also used on has[None])."""
+    K, X, E, G = costs.shape
+    return np.take(costs.reshape(K, -1), (x * E + e) * G + g, axis=1)
 
 
 def _rest_max(top_v, top_i, gc, h):
