@@ -8,7 +8,8 @@
 3. Real inputs: ESFT router decisions (DeepSeek-V2-Lite shape, re-sampled per step) and
    the Azure conversation trace (real arrivals and lengths, rescaled to each QPS), 8 GPUs.
 4. Scale: 8 .. 256 GPUs at 65% and 85% of linear's estimated capacity, step
-   budget and running cap growing with the group (data-parallel attention).
+   budget and running cap growing with the group (data-parallel attention); once without
+   replicas, once with one replica slot per GPU for eplb and vibe.
 
 Numbers are whatever the simulator gives; nothing is tuned to the paper.
 
@@ -31,7 +32,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from vibe.engines.esft import load_esft_loads
-from vibe.policies import available_policies, place
+from vibe.policies import PlacementOptions, available_policies, place
 from vibe.sim import PRESETS, SchedulerConfig, poisson_workload, simulate, summarize
 from vibe.sim.report import aggregate, plot_png, sustained_qps, write_report
 from vibe.sim.sweep import SweepSpec, calibrate, run_sweep
@@ -50,11 +51,14 @@ def policies() -> list[str]:
     return [p for p in ("linear", "eplb", "vibe") if p in available_policies()]
 
 
-def setup(num_gpus: int, seed: int = 0):
+def setup(num_gpus: int, seed: int = 0, redundant: int = 0):
+    """Cluster, loads and placements; `redundant` replica slots for eplb and vibe (linear,
+    which cannot use them, stays the vLLM default without replicas)."""
     cluster = synth_cluster(num_gpus, scenario="power-cap", seed=seed)
     loads = synth_loads_for_model("deepseek-v3", seed=seed)
     t0 = time.perf_counter()
-    placements = {p: place(loads, cluster, p) for p in policies()}
+    placements = {p: place(loads, cluster, p, PlacementOptions(redundant=0 if p == "linear" else redundant))
+                  for p in policies()}
     return cluster, loads, placements, time.perf_counter() - t0
 
 
@@ -130,10 +134,10 @@ def bench_real(fractions, seeds, duration, workers, out: Path) -> dict:
     return res
 
 
-def bench_scale(sizes, seeds, fractions, duration, workers) -> list[dict]:
+def bench_scale(sizes, seeds, fractions, duration, workers, replicas_per_gpu: int = 0) -> list[dict]:
     out = []
     for G in sizes:
-        cluster, loads, placements, place_s = setup(G)
+        cluster, loads, placements, place_s = setup(G, redundant=replicas_per_gpu * G)
         sched = SchedulerConfig(max_batch_tokens=1024 * G, max_running=32 * G)
         cal = calibrate(MODEL, cluster, loads, placements["linear"], scheduler=sched)
         spec = SweepSpec(MODEL, duration_s=duration, slo_ttft_ms=cal["slo_ttft_ms"],
@@ -144,7 +148,7 @@ def bench_scale(sizes, seeds, fractions, duration, workers) -> list[dict]:
         sim_s = time.perf_counter() - t0
         for f, q in zip(fractions, qps):
             agg = {a["policy"]: a for a in aggregate(rows) if a["qps"] == q}
-            row = {"gpus": G, "load": f, "qps": q, "place_s": round(place_s, 1), "sim_s": round(sim_s, 1),
+            row = {"gpus": G, "redundant": replicas_per_gpu * G, "load": f, "qps": q, "place_s": round(place_s, 1), "sim_s": round(sim_s, 1),
                    **{f"{p}_p90_ttft_ms": round(a["p90_ttft_ms"], 1) for p, a in agg.items()},
                    **{f"{p}_slo": round(a["slo_attainment"], 4) for p, a in agg.items()}}
             if "vibe" in agg:
@@ -155,7 +159,7 @@ def bench_scale(sizes, seeds, fractions, duration, workers) -> list[dict]:
     return out
 
 
-def plot_scale(rows: list[dict], path: Path) -> None:
+def plot_scale(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,7 +175,7 @@ def plot_scale(rows: list[dict], path: Path) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("GPUs in the EP group")
     ax.set_ylabel("P90 TTFT change (%)")
-    ax.set_title("DeepSeek-V3, one power-capped GPU (load: share of estimated capacity)", fontsize=9)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -179,12 +183,51 @@ def plot_scale(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _pct(x: float) -> str:
+    return f"{100 * x:+.1f}%"
+
+
+def markdown_summary(results: dict) -> str:
+    """The benchmark's numbers as markdown for docs/simulator.md and the README."""
+    lines = []
+    for sp in results.get("speed", []):
+        lines.append(f"- Speed: {sp['requests']:,} DeepSeek-V3 requests (1024-in/128-out) on 8 GPUs at "
+                     f"{sp['qps']:g} QPS: {sp['steps']:,} steps, {sp['wall_s']:.1f} s wall "
+                     f"({sp['us_per_step']} us per step), peak RSS {sp['max_rss_mb']} MB.")
+    for key, head in (("paper", "Paper-style: DeepSeek-V3, 8 GPUs (one power-capped), 1024-in/128-out, 3 seeds"),
+                      ("real", "Real inputs: ESFT routing trace + Azure conversation arrivals, 8 GPUs (one power-capped)")):
+        if key not in results:
+            continue
+        r = results[key]
+        lines += ["", f"**{head}**", "", r["table_md"].split("\n", 2)[2].strip(), ""]
+        for base in ("linear", "eplb"):
+            k = f"vibe_vs_{base}_p90_ttft"
+            if k in r:
+                best_q = min(r[k], key=r[k].get)
+                lines.append(f"- vibe vs {base}: P90 TTFT " + ", ".join(f"{_pct(v)} at {q}" for q, v in r[k].items())
+                             + f" (best {_pct(r[k][best_q])} at {best_q} QPS)")
+            k = f"vibe_vs_{base}_slo_points"
+            if k in r:
+                lines.append(f"- vibe vs {base}: SLO attainment " + ", ".join(
+                    f"{100 * v:+.1f} pts at {q}" for q, v in r[k].items()))
+    for key, head in (("scale", "Scale study, no replicas"), ("scale-replicas", "Scale study, one replica per GPU for eplb and vibe")):
+        if key not in results or "vibe_vs_linear" not in results[key][0]:
+            continue
+        lines += ["", f"**{head}** (P90 TTFT change of vibe; SLO attainment linear / eplb / vibe)", "",
+                  "| GPUs | load | QPS | vs linear | vs eplb | SLO attainment |", "|---:|---:|---:|---:|---:|---|"]
+        for r in results[key]:
+            lines.append(f"| {r['gpus']} | {100 * r['load']:.0f}% | {r['qps']:g} | {_pct(r['vibe_vs_linear'])} | "
+                         f"{_pct(r['vibe_vs_eplb'])} | {100 * r['linear_slo']:.1f}% / {100 * r['eplb_slo']:.1f}% / "
+                         f"{100 * r['vibe_slo']:.1f}% |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer points, shorter runs (a smoke test)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "out" / "bench-sim"))
-    ap.add_argument("--skip", nargs="*", default=[], choices=("speed", "paper", "real", "scale"))
+    ap.add_argument("--skip", nargs="*", default=[], choices=("speed", "paper", "real", "scale", "scale-replicas"))
     args = ap.parse_args(argv)
     out = Path(args.out)
     IMG.mkdir(parents=True, exist_ok=True)
@@ -216,15 +259,19 @@ def main(argv=None) -> int:
         for k, v in results["real"].items():
             if k.startswith("vibe_vs"):
                 console.print(k, {q: f"{100 * x:+.1f}%" for q, x in v.items()})
-    if "scale" not in args.skip:
-        sizes = (8, 32) if args.quick else (8, 16, 32, 64, 128, 256)
-        results["scale"] = bench_scale(sizes, [0] if args.quick else [0, 1], (0.65, 0.85), 10 if args.quick else 40,
-                                       args.workers)
+    sizes = (8, 32) if args.quick else (8, 16, 32, 64, 128, 256)
+    for key, per_gpu, label in (("scale", 0, "no replicas"), ("scale-replicas", 1, "eplb and vibe with 1 replica per GPU")):
+        if key in args.skip:
+            continue
+        results[key] = bench_scale(sizes, [0] if args.quick else [0, 1], (0.65, 0.85), 10 if args.quick else 40,
+                                   args.workers, per_gpu)
         if "vibe" in placements:
-            plot_scale(results["scale"], IMG / "sim_scale.png")
+            plot_scale(results[key], IMG / f"sim_{key.replace('-', '_')}.png",
+                       f"DeepSeek-V3, one power-capped GPU, {label} (load: share of estimated capacity)")
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_sim.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
-    console.print(f"wrote {out / 'bench_sim.json'} and PNGs in {IMG}")
+    (out / "bench_sim.md").write_text(markdown_summary(results))
+    console.print(f"wrote {out / 'bench_sim.json'}, {out / 'bench_sim.md'} and PNGs in {IMG}")
     return 0
 
 
