@@ -89,12 +89,10 @@ def _inputs(args: argparse.Namespace) -> tuple[Cluster, ExpertLoads]:
 def _check_trace(spec, placement: Placement) -> None:
     """Read the routing trace once up front so a bad file fails before any work."""
     if spec.routing_trace is not None:
-        from vibe.sim.predictor import check_trace_matches, load_routing_trace
-        from vibe.sim.sweep import _TRACES
+        from vibe.sim.predictor import check_trace_matches
+        from vibe.sim.sweep import routing_trace
 
-        trace = load_routing_trace(spec.routing_trace)
-        check_trace_matches(trace, placement, spec.routing_trace)
-        _TRACES[spec.routing_trace] = trace
+        check_trace_matches(routing_trace(spec.routing_trace), placement, spec.routing_trace)
 
 
 @contextlib.contextmanager

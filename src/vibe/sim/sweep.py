@@ -52,16 +52,20 @@ def make_workload(spec: SweepSpec, qps: float | None, seed: int) -> Workload:
     return poisson_workload(qps, spec.duration_s, spec.input_len, spec.output_len, seed, spec.max_requests)
 
 
-_TRACES: dict[str, object] = {}  # routing traces already read by this process
+_TRACES: dict[str, object] = {}  # routing traces already read by this process (and its forks)
+
+
+def routing_trace(path: str):
+    """The RoutingTrace at `path`, read once per process."""
+    if path not in _TRACES:
+        _TRACES[path] = load_routing_trace(path)
+    return _TRACES[path]
 
 
 def run_point(spec: SweepSpec, cluster: Cluster, loads: ExpertLoads, placement: Placement, policy: str,
               qps: float | None, seed: int, progress: Callable[[int, int], None] | None = None) -> dict:
     """One simulation -> its summary row (with policy, qps, seed)."""
-    trace = None
-    if spec.routing_trace is not None:
-        trace = _TRACES.get(spec.routing_trace) or _TRACES.setdefault(spec.routing_trace,
-                                                                      load_routing_trace(spec.routing_trace))
+    trace = None if spec.routing_trace is None else routing_trace(spec.routing_trace)
     workload = make_workload(spec, qps, seed)
     result = simulate(workload, cluster, loads, placement, spec.model, spec.scheduler,
                       replace(spec.hardware, seed=spec.hardware.seed + seed), trace, spec.routing, seed, spec.gpu,
