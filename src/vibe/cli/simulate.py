@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -27,6 +28,8 @@ def register(cli) -> None:
     _add_common(w)
     w.add_argument("--policies", nargs="+", default=None, metavar="NAME",
                    help=f"policies to place with (default: linear eplb vibe; available: {', '.join(available_policies())})")
+    w.add_argument("--placements", nargs="+", default=[], metavar="FILE",
+                   help="also (or only, without --policies) compare these vibe.placement/v1 files")
     w.add_argument("--redundant", type=int, default=0, metavar="R", help="extra replica slots per layer")
     w.add_argument("--qps", type=float, nargs="+", required=True, metavar="X")
     w.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="K")
@@ -95,6 +98,18 @@ def _check_trace(spec, placement: Placement) -> None:
         check_trace_matches(routing_trace(spec.routing_trace), placement, spec.routing_trace)
 
 
+def _add_placement_files(placements: dict[str, Placement], paths: list[str], cluster: Cluster,
+                         loads: ExpertLoads) -> None:
+    """Add placement files to `placements`, labelled by their policy (by file name when
+    that label is taken), each checked against the cluster and loads."""
+    for path in paths:
+        p = Placement.load(path)
+        p.check_fits(cluster, path)
+        p.check_matches(loads, path)
+        label = p.policy or Path(path).stem
+        placements[label if label not in placements else Path(path).name] = p
+
+
 @contextlib.contextmanager
 def _bar(label: str, total: int | None = None):
     """A transient rich progress bar on stderr: yields (progress, task id)."""
@@ -160,11 +175,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     check_hardware(spec.hardware, cluster.num_gpus)
     for q in args.qps:
         check_qps(q)
-    policies = args.policies or [p for p in ("linear", "eplb", "vibe") if p in available_policies()]
+    default = [] if args.placements else [p for p in ("linear", "eplb", "vibe") if p in available_policies()]
     options = PlacementOptions(redundant=args.redundant)
-    placements = {p: place(loads, cluster, p, options) for p in policies}
+    placements = {p: place(loads, cluster, p, options) for p in (args.policies or default)}
+    _add_placement_files(placements, args.placements, cluster, loads)
     _check_trace(spec, next(iter(placements.values())))
-    with _bar("simulating points", len(policies) * len(args.qps) * len(args.seeds)) as (bar, task):
+    with _bar("simulating points", len(placements) * len(args.qps) * len(args.seeds)) as (bar, task):
         rows = run_sweep(spec, cluster, loads, placements, args.qps, args.seeds, args.workers, args.ray_address,
                          progress=lambda done, total: bar.update(task, completed=done))
     title = f"{spec.model.name} on {cluster.num_gpus} GPUs ({cluster.name})"
