@@ -24,6 +24,8 @@ from vibe.cost import DEFAULT_BATCH_TOKENS, expert_time_us, normalize_weights
 from vibe.errors import VibeError
 from vibe.model import Cluster, ExpertLoads, Placement
 
+DEFAULT_RESTARTS = 0  # seeded restarts of the local search (extras["restarts"]); rarely pay on ESFT
+
 
 # ---- costs ---------------------------------------------------------------------------
 def replica_costs(cluster: Cluster, gpu_ids: np.ndarray, tokens: np.ndarray, count: np.ndarray) -> np.ndarray:
@@ -83,10 +85,10 @@ def allocate_replicas(cluster: Cluster, tokens: np.ndarray, weights: np.ndarray,
 
 
 # ---- construction --------------------------------------------------------------------
-def items_of(count: np.ndarray, num_items: int) -> np.ndarray:
-    """[X, E] replica counts -> [X, N] expert of each item (replicas of e consecutive)."""
-    X, E = count.shape
-    return np.stack([np.repeat(np.arange(E), count[x]) for x in range(X)]) if X else np.zeros((0, num_items), int)
+def items_of(count: np.ndarray) -> np.ndarray:
+    """[X, E] replica counts (equal row sums N) -> [X, N] expert of each item, experts in
+    id order with their replicas consecutive."""
+    return np.stack([np.repeat(np.arange(count.shape[1]), row) for row in count])
 
 
 def construct(costs: np.ndarray, weights: np.ndarray, item_expert: np.ndarray, overhead: np.ndarray,
@@ -522,7 +524,7 @@ def solve_placement(loads: ExpertLoads, cluster: Cluster, options, policy: str,
     Gr = row_gpus.shape[1]
     row_tokens = tokens[:, row_layer[:, None], row_experts]  # [K, X, E']
     count = allocate_replicas(cluster, row_tokens, w, Gr, Gr * S)
-    items = items_of(count, Gr * S)
+    items = items_of(count)
     costs = replica_costs(cluster, row_gpus, row_tokens, count)
     overhead = cluster.overhead_us[row_gpus]
     if solve is None:
@@ -540,9 +542,6 @@ def solve_placement(loads: ExpertLoads, cluster: Cluster, options, policy: str,
     phy[row_layer[:, None, None], row_gpus[:, :, None] * S + np.arange(S)] = experts
     placement = Placement.init_by_mapping(phy, cluster.num_gpus, loads.num_experts, loads.layer_ids, policy)
     return placement, tokens, w
-
-
-DEFAULT_RESTARTS = 0
 
 
 # ---- replicas that split by speed ----------------------------------------------------
