@@ -19,9 +19,12 @@ plan with these replica counts is at least that; exact for flat rows, i.e. witho
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 
 import numpy as np
+from rich.console import Console
+from rich.progress import Progress
 
 from vibe.policies._timebalance import gpu_times, objective, solve_placement, solve_rows
 from vibe.policies.base import register_policy
@@ -72,18 +75,22 @@ def _solve_exact(time_limit_s: float, seed: int, status: list, bounds: list):
         K, X, E, G = costs.shape
         out = heuristic.copy()
         deadline = time.monotonic() + time_limit_s
-        for x in range(X):
-            left = deadline - time.monotonic()
-            count = np.bincount(items[x], minlength=E)
-            sol, optimal, bound = milp_row(costs[:, x], weights, count, overhead[x], S, left / (X - x))
-            bounds.append(bound)
-            if sol is not None:
-                # items list each expert's replicas consecutively, experts in id order
-                trial = np.concatenate([np.nonzero(sol[e])[0] for e in range(E)])
-                f = objective(gpu_times(costs[:, x:x + 1], items[x:x + 1], trial[None], overhead[x:x + 1]), weights)[0]
-                if f <= f_heur[x]:
-                    out[x] = trial
-            status.append(bool(optimal))
+        with Progress(console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty()) as bar:
+            task = bar.add_task("exact: MILP per layer", total=X)
+            for x in range(X):
+                left = deadline - time.monotonic()
+                count = np.bincount(items[x], minlength=E)
+                sol, optimal, bound = milp_row(costs[:, x], weights, count, overhead[x], S, left / (X - x))
+                bounds.append(bound)
+                if sol is not None:
+                    # items list each expert's replicas consecutively, experts in id order
+                    trial = np.concatenate([np.nonzero(sol[e])[0] for e in range(E)])
+                    f = objective(gpu_times(costs[:, x:x + 1], items[x:x + 1], trial[None], overhead[x:x + 1]),
+                                  weights)[0]
+                    if f <= f_heur[x]:
+                        out[x] = trial
+                status.append(bool(optimal))
+                bar.advance(task)
         return out
 
     return solve
