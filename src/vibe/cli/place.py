@@ -11,8 +11,8 @@ from rich.table import Table
 
 from vibe.cli._common import add_operating_points, console, fmt_us
 from vibe.cost import evaluate, normalize_weights, weighted_moe_time
-from vibe.model import Cluster, ExpertLoads, Placement
 from vibe.errors import VibeError
+from vibe.model import Cluster, ExpertLoads, Placement
 from vibe.policies import PlacementOptions, available_policies, place
 from vibe.stochastic import DEFAULT_SAMPLES, check_trace_matches, expected_step_time, load_traces
 
