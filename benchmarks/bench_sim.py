@@ -170,7 +170,7 @@ def plot_scale(rows: list[dict], path: Path, title: str) -> None:
         pts = [r for r in rows if r["load"] == load]
         for base, color in (("linear", "C0"), ("eplb", "C1")):
             ax.plot([r["gpus"] for r in pts], [100 * r[f"vibe_vs_{base}"] for r in pts], style, color=color,
-                    marker="o", label=f"vibe vs {base}, {100 * load:.0f}% load")
+                    marker="o", label=f"vibe vs {base}, {100 * load:.0f}% of est. capacity")
     ax.axhline(0, color="grey", linewidth=1)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("GPUs in the EP group")
@@ -267,7 +267,7 @@ def main(argv=None) -> int:
                                    args.workers, per_gpu)
         if "vibe" in placements:
             plot_scale(results[key], IMG / f"sim_{key.replace('-', '_')}.png",
-                       f"DeepSeek-V3, one power-capped GPU, {label} (load: share of estimated capacity)")
+                       f"DeepSeek-V3, one power-capped GPU, {label}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_sim.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     (out / "bench_sim.md").write_text(markdown_summary(results))
