@@ -51,11 +51,12 @@ def sustained_qps(agg: list[dict], target: float = 0.9) -> dict[str, float | Non
 
 
 def markdown_table(agg: list[dict], sustained: dict[str, float | None], target: float = 0.9) -> str:
-    lines = ["| policy | QPS | P50 TTFT (ms) | P90 TTFT (ms) | P90 TPOT (ms) | SLO attainment | tok/s |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| policy | QPS | P50 TTFT (ms) | P90 TTFT (ms) | P90 TPOT (ms) | SLO attainment | tok/s | idle at MoE barrier |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for a in agg:
         lines.append(f"| {a['policy']} | {a['qps']:g} | {a['p50_ttft_ms']:,.0f} | {a['p90_ttft_ms']:,.0f} | "
-                     f"{a['p90_tpot_ms']:,.1f} | {100 * a['slo_attainment']:.1f}% | {a['throughput_tok_s']:,.0f} |")
+                     f"{a['p90_tpot_ms']:,.1f} | {100 * a['slo_attainment']:.1f}% | {a['throughput_tok_s']:,.0f} | "
+                     f"{100 * a['idle_at_barrier']:.1f}% |")
     lines += ["", f"| policy | highest QPS at {100 * target:.0f}% SLO attainment |", "|---|---:|"]
     lines += [f"| {p} | {'below the sweep' if q is None else f'{q:.2f}'} |" for p, q in sustained.items()]
     return "\n".join(lines) + "\n"
