@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-import scipy.sparse as sp
-from scipy.optimize import linprog, minimize
 
 from vibe.errors import VibeError
 from vibe.model import Cluster, ExpertLoads, Placement
@@ -112,6 +110,9 @@ def lp_lower_bound(costs: np.ndarray, overhead_us: np.ndarray, slots_per_gpu: in
     nx = E * K
     idx = np.arange(nx).reshape(E, K)
     ones = np.ones(nx)
+    import scipy.sparse as sp  # deferred: scipy costs ~1 s of CLI start-up
+    from scipy.optimize import linprog
+
     a_eq = sp.vstack([
         sp.csr_matrix((ones, (np.repeat(np.arange(E), K), idx.ravel())), shape=(E, nx + 1)),
         sp.csr_matrix((ones, (np.tile(np.arange(K), E), idx.ravel())), shape=(K, nx + 1)),
@@ -188,6 +189,8 @@ def lagrangian_lower_bounds(costs: np.ndarray, overhead_us: np.ndarray, slots_pe
         d_lam = on + np.matmul(r, w)[:, 0, :].astype(np.float64)
         d_alpha = lam * (d_lam - (lam * d_lam).sum(axis=1, keepdims=True))
         return -f, -np.concatenate([d_alpha.ravel(), d_v.ravel() / E])
+
+    from scipy.optimize import minimize  # deferred: scipy costs ~1 s of CLI start-up
 
     x = np.zeros(2 * L * G)
     for t in temperatures:

@@ -46,10 +46,11 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write JSON atomically; numpy arrays and scalars become plain lists and numbers."""
-    write_text_atomic(path, json.dumps(obj, default=_json_default, indent=None) + "\n")
+    write_text_atomic(path, json.dumps(obj, default=json_default, indent=None) + "\n")
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """`json.dumps(default=...)`: numpy arrays and scalars as plain lists and numbers."""
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, np.generic):

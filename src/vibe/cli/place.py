@@ -96,8 +96,8 @@ def engine_paths(out: Path) -> dict[str, Path]:
 
 def cmd_place(args: argparse.Namespace) -> int:
     from vibe.engines.sglang import placement_to_sglang
-    from vibe.engines.trtllm import write_trtllm_placement
-    from vibe.io import write_json_atomic
+    from vibe.engines.trtllm import trtllm_placement_yaml
+    from vibe.io import json_default, write_text_atomic
 
     cluster = Cluster.load(args.cluster)
     loads = ExpertLoads.load(args.loads)
@@ -108,17 +108,20 @@ def cmd_place(args: argparse.Namespace) -> int:
         options = dataclasses.replace(options, extras=dict(options.extras, traces=read_traces(args.traces, loads)))
     placement = place(loads, cluster, args.policy, options)
     out = Path(args.out)
-    # Build every engine file first, so a failure leaves nothing half-written.
-    sglang = placement_to_sglang(placement, args.num_hidden_layers) if "sglang" in args.format else None
-    placement.save(out)
-    written = [str(out)]
+    # Build every output in memory and check every target first, so that a failure
+    # leaves no file behind (each write is atomic on its own).
     paths = engine_paths(out)
-    if sglang is not None:
-        write_json_atomic(paths["sglang"], sglang)
-        written.append(str(paths["sglang"]))
+    outputs: list[tuple[Path, str]] = [(out, json.dumps(placement.to_dict(), default=json_default) + "\n")]
+    if "sglang" in args.format:
+        outputs.append((paths["sglang"], json.dumps(placement_to_sglang(placement, args.num_hidden_layers)) + "\n"))
     if "trtllm" in args.format:
-        write_trtllm_placement(placement, paths["trtllm"])
-        written.append(str(paths["trtllm"]))
+        outputs.append((paths["trtllm"], trtllm_placement_yaml(placement)))
+    for path, _ in outputs:
+        if path.is_dir():
+            raise VibeError(f"{path}: is a folder, cannot write the placement there")
+    for path, text in outputs:
+        write_text_atomic(path, text)
+    written = [str(path) for path, _ in outputs]
     points = evaluate(placement, loads, cluster, options.batch_tokens, options.weights, with_lower_bound=False)
     summary = ", ".join(f"B={p.batch_tokens:g}: {fmt_us(p.moe_time_us)}" for p in points)
     console.print(f"[bold]{args.policy}[/]: {loads.num_layers} layers x {placement.num_slots} slots on "

@@ -32,9 +32,12 @@ def placement_to_trtllm(placement: Placement) -> dict:
     }
 
 
+def trtllm_placement_yaml(placement: Placement) -> str:
+    return yaml.safe_dump(placement_to_trtllm(placement), default_flow_style=None, sort_keys=False, width=1 << 20)
+
+
 def write_trtllm_placement(placement: Placement, path: str | os.PathLike) -> None:
-    text = yaml.safe_dump(placement_to_trtllm(placement), default_flow_style=None, sort_keys=False, width=1 << 20)
-    write_text_atomic(path, text)
+    write_text_atomic(path, trtllm_placement_yaml(placement))
 
 
 # ---- EXPERT_STATISTIC_PATH dumps (loads import) -----------------------------------------

@@ -17,7 +17,6 @@ numpy/scipy only: no torch here.
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import isotonic_regression
 
 FIT_METHODS = ("isotonic", "hinge")
 
@@ -29,6 +28,8 @@ def isotonic_fit(tokens: np.ndarray, us: np.ndarray) -> np.ndarray:
     count as much as the slow ones.
     """
     y = np.asarray(us, dtype=np.float64)
+    from scipy.optimize import isotonic_regression  # deferred: slow to import
+
     return isotonic_regression(y, weights=1.0 / y**2, increasing=True).x
 
 

@@ -136,12 +136,19 @@ def section_plot(run: DemoRun) -> None:
     run.written.append(path)
 
 
+def section_simulate(run: "DemoRun") -> None:
+    """A short serving simulation: what the placements do to TTFT, TPOT and SLO attainment."""
+    from vibe.sim import demo_section
+
+    demo_section(run.cluster, run.loads, run.placements, run.console)
+
+
 DEMO_SECTIONS: list[Section] = [
     section_inputs,
     section_place,
     section_compare,
     section_plot,
-    # The serving simulation (TTFT / TPOT / SLO per policy) goes here: add_demo_section(fn).
+    section_simulate,
 ]
 
 

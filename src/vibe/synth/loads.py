@@ -15,8 +15,6 @@ and guaranteed. A token picks top_k *distinct* experts, so no expert can take mo
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import brentq
-from scipy.stats import norm
 
 from vibe.errors import VibeError
 from vibe.model import ExpertLoads
@@ -46,6 +44,8 @@ def draw_peaks(num_layers: int, rng: np.random.Generator, peak_range=PEAK_RANGE,
                median: float = PEAK_MEDIAN, sigma: float = PEAK_SIGMA) -> np.ndarray:
     """[L] per-layer peak-to-mean targets: log-normal around `median`, truncated to `peak_range`."""
     lo, hi = (np.log(np.asarray(peak_range, dtype=np.float64)) - np.log(median)) / sigma
+    from scipy.stats import norm  # deferred: slow to import
+
     u = rng.uniform(norm.cdf(lo), norm.cdf(hi), num_layers)
     return median * np.exp(sigma * norm.ppf(u))
 
@@ -67,6 +67,8 @@ def lognormal_shares(z: np.ndarray, peak: float) -> np.ndarray:
     hi = 1.0
     while max_over_mean(shares(hi)) < peak and hi < 1e3:
         hi *= 2.0
+    from scipy.optimize import brentq
+
     sigma = brentq(lambda s: max_over_mean(shares(s)) - peak, 0.0, hi, xtol=1e-10)
     return shares(sigma)
 
