@@ -26,6 +26,10 @@ from vibe.model import Cluster, ExpertLoads, Placement
 PREFILL_TOKENS = 8192
 DECODE_TOKENS = 256
 DEFAULT_BATCH_TOKENS: tuple[int, ...] = (PREFILL_TOKENS, DECODE_TOKENS)
+# Their default weights in the multi-point objective: prefill-sized steps set TTFT and are
+# where placement changes times most; the memory-bound decode point weighs in mainly to
+# stop replicas that only add weight reloads. Other operating points get equal weights.
+DEFAULT_WEIGHTS: tuple[float, ...] = (0.7, 0.3)
 
 
 # ---- latency curves ------------------------------------------------------------------
@@ -422,12 +426,15 @@ class PointMetrics:
 
 
 def normalize_weights(batch_tokens: Sequence[float], weights: Sequence[float] | None) -> np.ndarray:
-    """Weights of the operating points, summing to 1 (equal when not given)."""
+    """Weights of the operating points, summing to 1 (DEFAULT_WEIGHTS for the default points,
+    else equal, when not given)."""
     if not batch_tokens:
         raise VibeError("at least one operating point (--batch-tokens) is needed")
     if any(b <= 0 for b in batch_tokens):
         raise VibeError("batch tokens must be > 0")
     if weights is None:
+        if tuple(float(b) for b in batch_tokens) == DEFAULT_BATCH_TOKENS:
+            return np.asarray(DEFAULT_WEIGHTS)
         return np.full(len(batch_tokens), 1.0 / len(batch_tokens))
     w = np.asarray(weights, dtype=np.float64)
     if w.shape != (len(batch_tokens),):

@@ -417,17 +417,8 @@ def slot_layout(item_expert: np.ndarray, item_gpu: np.ndarray, num_gpus: int) ->
 
 
 # ---- problem set-up shared by `vibe` and `exact` -------------------------------------
-# Default weights of the default operating points (8192, 256): prefill-sized steps set
-# time-to-first-token and are where placement changes times most; the decode-sized
-# point (memory-bound, about flat in tokens) weighs in mainly to stop replicas that only
-# add weight reloads. Other operating points get equal weights unless --weights says.
-DEFAULT_POINT_WEIGHTS = {DEFAULT_BATCH_TOKENS: (0.7, 0.3)}
-
-
 def point_weights(batch_tokens, weights) -> np.ndarray:
-    """[K] normalized weights of the operating points (policy defaults when None)."""
-    if weights is None:
-        weights = DEFAULT_POINT_WEIGHTS.get(tuple(float(b) for b in batch_tokens))
+    """[K] normalized weights of the operating points (vibe.cost's defaults when None)."""
     return normalize_weights(batch_tokens, weights)
 
 

@@ -67,6 +67,8 @@ def lognormal_shares(z: np.ndarray, peak: float) -> np.ndarray:
     hi = 1.0
     while max_over_mean(shares(hi)) < peak and hi < 1e3:
         hi *= 2.0
+    if max_over_mean(shares(hi)) <= peak:  # peak at (or past) what E experts allow
+        return shares(hi)
     from scipy.optimize import brentq
 
     sigma = brentq(lambda s: max_over_mean(shares(s)) - peak, 0.0, hi, xtol=1e-10)
