@@ -21,6 +21,7 @@ from vibe.engines.layers import apply_moe_layers
 from vibe.errors import InputError
 from vibe.io import atomic_path, int_array, read_json, write_json_atomic
 from vibe.model import LOADS_SCHEMA, ExpertLoads
+from vibe.model.loads import check_counts  # re-exported for the engine importers
 
 
 @dataclass
@@ -32,19 +33,6 @@ class RawCounts:
     top_k: int | None = None
     model: str = ""
     extra: dict = field(default_factory=dict)
-
-
-def check_counts(counts: np.ndarray, source: object) -> np.ndarray:
-    """[R, E] finite, non-negative, non-empty counts (float64), or InputError."""
-    counts = np.asarray(counts, dtype=np.float64)
-    if counts.ndim != 2 or 0 in counts.shape:
-        raise InputError(source, f"counts must be a non-empty [layers, experts] matrix, got shape {list(counts.shape)}")
-    if not np.all(np.isfinite(counts)):
-        raise InputError(source, "counts hold non-finite values")
-    if np.any(counts < 0):
-        l, e = np.argwhere(counts < 0)[0]
-        raise InputError(source, f"negative count at layer row {l}, expert {e}")
-    return counts
 
 
 def merge_raw(parts: Sequence[RawCounts], top_k: int | None = None, moe_layers: tuple[int, ...] | None = None,

@@ -93,15 +93,21 @@ class ExpertLoads:
         write_json_atomic(path, self.to_dict())
 
 
-def _validate(loads: ExpertLoads, source: object) -> None:
-    c = loads.counts
-    if c.ndim != 2 or c.shape[0] == 0 or c.shape[1] == 0:
-        raise InputError(source, f"counts must be a non-empty [layers, experts] matrix, got shape {list(c.shape)}")
-    if not np.all(np.isfinite(c)):
+def check_counts(counts: np.ndarray, source: object) -> np.ndarray:
+    """[R, E] finite, non-negative, non-empty counts (float64), or InputError."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.ndim != 2 or 0 in counts.shape:
+        raise InputError(source, f"counts must be a non-empty [layers, experts] matrix, got shape {list(counts.shape)}")
+    if not np.all(np.isfinite(counts)):
         raise InputError(source, "counts hold non-finite values")
-    if np.any(c < 0):
-        l, e = np.argwhere(c < 0)[0]
+    if np.any(counts < 0):
+        l, e = np.argwhere(counts < 0)[0]
         raise InputError(source, f"negative count at layer row {l}, expert {e}")
+    return counts
+
+
+def _validate(loads: ExpertLoads, source: object) -> None:
+    c = check_counts(loads.counts, source)
     with np.errstate(over="ignore"):
         overflow = not np.all(np.isfinite(c.sum(axis=1)))
     if overflow:
