@@ -39,10 +39,13 @@ def expert_time_us(cluster: Cluster, gpu: np.ndarray, tokens: np.ndarray) -> np.
     gpu: int array [...]; tokens: float array [...] -> us [...] (0 where tokens <= 0).
     """
     grid, us = cluster.latency_table()
-    gpu, n = np.broadcast_arrays(np.asarray(gpu, dtype=np.int64), np.asarray(tokens, dtype=np.float64))
-    slope = np.diff(us, axis=1) / np.diff(grid)[None, :]  # [G, P-1]
+    n = np.asarray(tokens, dtype=np.float64)
+    # The grid is shared by all GPUs: locate the segments before broadcasting over GPUs.
     seg = np.clip(np.searchsorted(grid, n, side="right") - 1, 0, len(grid) - 2)
-    t = us[gpu, seg] + slope[gpu, seg] * (np.maximum(n, grid[0]) - grid[seg])
+    offset = np.maximum(n, grid[0]) - grid[seg]
+    gpu = np.asarray(gpu, dtype=np.int64)
+    slope = np.diff(us, axis=1) / np.diff(grid)[None, :]  # [G, P-1]
+    t = us[gpu, seg] + slope[gpu, seg] * offset
     return np.where(n > 0, t, 0.0)
 
 
