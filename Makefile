@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test fuzz bench clean
 
 $(STAMP): pyproject.toml requirements/pins.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Property tests with random examples (make test draws a fixed, derandomized set).
+fuzz: $(STAMP)
+	VIBE_HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -k "not slow" tests
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

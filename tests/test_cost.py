@@ -116,8 +116,8 @@ def test_evaluate_metrics_follow_their_definitions(inst, batches, weighted):
     cluster, loads, placement = inst
     weights = list(range(1, len(batches) + 1)) if weighted else None
     points = cost.evaluate(placement, loads, cluster, batches, weights, with_lower_bound=False)
-    w = np.asarray(weights or [1] * len(batches), float)
-    w /= w.sum()
+    # Unweighted: the documented default (0.7 / 0.3 for exactly the default points, else equal).
+    w = np.asarray(weights, float) / sum(weights) if weighted else cost.default_weights(batches)
     for p, B, wi in zip(points, batches, w):
         T = ref_gpu_times(placement, loads, cluster, B)
         assert p.weight == pytest.approx(wi)
@@ -307,3 +307,13 @@ def test_lagrangian_bound_is_valid_on_degenerate_layers(seed, shape, kind):
     assert np.all(np.isfinite(fast))
     assert np.all(fast <= exact * (1 + 1e-9) + 1e-9)
     assert np.all(fast >= exact * (1 - 2e-2) - 1e-9)
+
+
+def test_default_weights_are_chosen_in_one_visible_place():
+    """0.7 / 0.3 for exactly the default (prefill, decode) points; equal otherwise; and
+    evaluate uses the same function when no weights are given."""
+    assert cost.default_weights(cost.DEFAULT_BATCH_TOKENS).tolist() == [0.7, 0.3]
+    assert cost.default_weights((256.0, 8192.0)).tolist() == [0.5, 0.5]
+    assert cost.default_weights((8192.0,)).tolist() == [1.0]
+    assert cost.normalize_weights(cost.DEFAULT_BATCH_TOKENS, None).tolist() == [0.7, 0.3]
+    assert cost.normalize_weights((1.0, 2.0, 3.0), None) == pytest.approx([1 / 3] * 3)

@@ -428,17 +428,23 @@ class PointMetrics:
                 "idle_fraction": self.idle_fraction}
 
 
+def default_weights(batch_tokens: Sequence[float]) -> np.ndarray:
+    """[K] the weights used when none are given: DEFAULT_WEIGHTS for exactly the default
+    operating points DEFAULT_BATCH_TOKENS (in that order), else equal weights. This is the
+    one place the default is chosen; evaluate, the policies and the CLI all come here."""
+    if tuple(float(b) for b in batch_tokens) == DEFAULT_BATCH_TOKENS:
+        return np.asarray(DEFAULT_WEIGHTS, dtype=np.float64)
+    return np.full(len(batch_tokens), 1.0 / len(batch_tokens))
+
+
 def normalize_weights(batch_tokens: Sequence[float], weights: Sequence[float] | None) -> np.ndarray:
-    """Weights of the operating points, summing to 1 (DEFAULT_WEIGHTS for the default points,
-    else equal, when not given)."""
+    """Weights of the operating points, summing to 1 (default_weights when not given)."""
     if not batch_tokens:
         raise VibeError("at least one operating point (--batch-tokens) is needed")
     if any(b <= 0 for b in batch_tokens):
         raise VibeError("batch tokens must be > 0")
     if weights is None:
-        if tuple(float(b) for b in batch_tokens) == DEFAULT_BATCH_TOKENS:
-            return np.asarray(DEFAULT_WEIGHTS)
-        return np.full(len(batch_tokens), 1.0 / len(batch_tokens))
+        return default_weights(batch_tokens)
     w = np.asarray(weights, dtype=np.float64)
     if w.shape != (len(batch_tokens),):
         raise VibeError(f"{len(w)} weights for {len(batch_tokens)} batch sizes")
