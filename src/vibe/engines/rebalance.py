@@ -35,6 +35,9 @@ from vibe.model import Cluster, ExpertLoads, Placement
 
 ENV_CLUSTER = "VIBE_CLUSTER"  # vibe.cluster/v1 file: one GPU per EP rank
 ENV_TOP_K = "VIBE_TOP_K"  # experts per token of the served model
+ENV_BATCH = "VIBE_BATCH_TOKENS"  # operating points, e.g. "32768,256" (default: vibe.cost's)
+ENV_WEIGHTS = "VIBE_WEIGHTS"  # their weights, e.g. "0.7,0.3"
+ENV_HIERARCHY = "VIBE_HIERARCHY"  # "auto" (as the engine asks) or "off" (always global)
 DEFAULT_TOP_K = 8  # DeepSeek-V3 / R1
 KEEP_TOL = 1e-3  # keep an old row predicted within 0.1% of the new one
 
@@ -96,6 +99,28 @@ def top_k_from_env(env=os.environ) -> int:
     if k < 1:
         raise VibeError(f"${ENV_TOP_K}={raw!r} must be a positive integer")
     return k
+
+
+def _floats(env, name: str) -> tuple[float, ...] | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        vals = tuple(float(x) for x in raw.split(","))
+    except ValueError:
+        raise VibeError(f"${name}={raw!r} must be comma-separated numbers") from None
+    return vals
+
+
+def point_options(env=os.environ) -> dict:
+    """{"batch_tokens", "weights", "hierarchy"} from the environment (validated)."""
+    batch = _floats(env, ENV_BATCH) or DEFAULT_BATCH_TOKENS
+    weights = _floats(env, ENV_WEIGHTS)
+    normalize_weights(batch, weights)
+    hierarchy = env.get(ENV_HIERARCHY, "auto").strip().lower() or "auto"
+    if hierarchy not in ("auto", "off"):
+        raise VibeError(f"${ENV_HIERARCHY}={hierarchy!r} must be 'auto' or 'off'")
+    return {"batch_tokens": tuple(batch), "weights": weights, "hierarchy": hierarchy}
 
 
 def with_rank_nodes(cluster: Cluster, num_nodes: int) -> Cluster:
@@ -207,8 +232,10 @@ def moved_slots(new: np.ndarray, old: np.ndarray, num_ranks: int) -> int:
 
 def time_balanced(weight: np.ndarray, num_replicas: int, num_groups: int, num_nodes: int, num_ranks: int,
                   old: np.ndarray | None = None, cluster: Cluster | None = None, top_k: int = DEFAULT_TOP_K,
-                  keep_tol: float = KEEP_TOL, seed: int = 0) -> np.ndarray:
-    """weight [L, E] -> phy2log [L, num_replicas] int64 (see the module docstring)."""
+                  keep_tol: float = KEEP_TOL, seed: int = 0, batch_tokens=DEFAULT_BATCH_TOKENS,
+                  weights=None, hierarchy: str = "auto") -> np.ndarray:
+    """weight [L, E] -> phy2log [L, num_replicas] int64 (see the module docstring).
+    hierarchy "off" balances globally even where EPLB would keep groups in nodes."""
     from vibe.policies import PlacementOptions, place
 
     loads = loads_from_weight(weight, top_k)
@@ -218,14 +245,16 @@ def time_balanced(weight: np.ndarray, num_replicas: int, num_groups: int, num_no
         cluster = identical_cluster(num_ranks)
     elif cluster.num_gpus != num_ranks:
         raise EplbShapeError(f"the cluster has {cluster.num_gpus} GPUs, the EP group {num_ranks} ranks")
-    hier = hierarchical(E, num_groups, num_nodes, num_ranks)
+    hier = hierarchy != "off" and hierarchical(E, num_groups, num_nodes, num_ranks)
     cluster = with_rank_nodes(cluster, num_nodes if hier else 1)
-    options = PlacementOptions(redundant=num_replicas - E, num_groups=num_groups if hier else None, seed=seed)
+    options = PlacementOptions(redundant=num_replicas - E, num_groups=num_groups if hier else None, seed=seed,
+                               batch_tokens=tuple(batch_tokens), weights=None if weights is None else tuple(weights))
     new = place(loads, cluster, "vibe", options).physical_to_logical_map
     if not valid_old(old, new.shape, E):
         return new
     old = np.asarray(old, dtype=np.int64)
-    keep = layer_objective(old, loads, cluster) <= layer_objective(new, loads, cluster) * (1 + keep_tol)
+    f_old = layer_objective(old, loads, cluster, batch_tokens, weights)
+    keep = f_old <= layer_objective(new, loads, cluster, batch_tokens, weights) * (1 + keep_tol)
     changed = keep_slots(match_ranks(new, old, num_ranks, curve_classes(cluster)), old, num_ranks)
     return np.where(keep[:, None], old, changed)
 

@@ -22,7 +22,7 @@ import typing
 
 import numpy as np
 
-from vibe.engines.rebalance import (EplbShapeError, cluster_from_env, logical_maps, time_balanced,
+from vibe.engines.rebalance import (EplbShapeError, cluster_from_env, logical_maps, point_options, time_balanced,
                                     top_k_from_env)
 from vibe.errors import InputError
 
@@ -35,14 +35,15 @@ def rebalance_np(weight: np.ndarray, num_replicas: int, num_groups: int, num_nod
 
     Curves from $VIBE_CLUSTER when it names a file with one GPU per rank (otherwise a
     warning and identical GPUs: a running engine must not stop on a stale file), top-k
-    from $VIBE_TOP_K (default 8)."""
+    from $VIBE_TOP_K (default 8), operating points from $VIBE_BATCH_TOKENS / $VIBE_WEIGHTS,
+    $VIBE_HIERARCHY=off to balance globally where EPLB would keep groups in nodes."""
     try:
         cluster = cluster_from_env(num_ranks, env)
     except InputError as exc:
         log.warning("vibe: %s; placing for identical GPUs", exc)
         cluster = None
     return time_balanced(weight, int(num_replicas), int(num_groups), int(num_nodes), int(num_ranks),
-                         old_global_expert_indices, cluster, top_k_from_env(env))
+                         old_global_expert_indices, cluster, top_k_from_env(env), **point_options(env))
 
 
 def returns_maps(abstract_cls: type) -> bool:
