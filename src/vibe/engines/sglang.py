@@ -7,6 +7,7 @@ SGLang splats the JSON object into a constructor, so the file holds
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 from pathlib import Path
@@ -162,3 +163,70 @@ def write_sglang_logical_count(loads: ExpertLoads, path: str | os.PathLike,
             torch.save({"logical_count": torch.from_numpy(counts[None])}, tmp)
     else:
         write_json_atomic(path, {"logical_count": counts.tolist()})
+
+
+# ---- vibe as SGLang's EPLB algorithm ---------------------------------------------------
+# SGLang's rebalancer and `--init-expert-location` with logical_count both end in
+# `sglang.srt.eplb.eplb_algorithms.rebalance_experts(tokens_per_expert [..., L, E],
+# num_physical_experts, num_local_physical_experts, num_groups, num_nodes, algorithm)
+# -> (phy2log [L, P], log2phy [L, E, X] padded -1, logcnt [L, E])`, looked up on the module
+# at each call. vibe.engines.sglang_plugin puts `vibe_rebalance_experts` there.
+
+def sglang_rebalance_np(tokens_per_expert: np.ndarray, num_physical_experts: int, num_local_physical_experts: int,
+                        num_groups: int | None, num_nodes: int, hierarchical: bool,
+                        env=os.environ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """tokens_per_expert [..., L, E] (leading window axes summed) -> (phy2log, log2phy, logcnt)
+    by vibe's time-balanced placement (curves from $VIBE_CLUSTER, see vibe.engines.rebalance).
+    SGLang's layer axis has every decoder layer: dense layers' zero rows are placed as uniform."""
+    from vibe.engines.rebalance import (check_layout, cluster_from_env, logical_maps, point_options, time_balanced,
+                                        top_k_from_env)
+
+    w = np.asarray(tokens_per_expert, dtype=np.float64)
+    w = w.reshape((-1,) + w.shape[-2:]).sum(axis=0)
+    if num_local_physical_experts < 1 or num_physical_experts % num_local_physical_experts:
+        check_layout(w.shape[1], num_physical_experts, 0)
+    num_ranks = num_physical_experts // num_local_physical_experts
+    opts = point_options(env)
+    if not hierarchical:
+        opts["hierarchy"] = "off"
+    try:
+        cluster = cluster_from_env(num_ranks, env)
+    except InputError as exc:  # a running server must not stop on a stale file
+        logging.getLogger("vibe.sglang").warning("vibe: %s; placing for identical GPUs", exc)
+        cluster = None
+    phy = time_balanced(w, num_physical_experts, int(num_groups or 1), int(num_nodes), num_ranks,
+                        None, cluster, top_k_from_env(env), **opts)
+    log2phy, logcnt = logical_maps(phy, w.shape[1])
+    return phy, log2phy, logcnt
+
+
+VIBE_ALGORITHMS = ("deepseek", "deepseek_hierarchical", "deepseek_vec", "deepseek_vec_hierarchical")
+
+
+def make_sglang_rebalance(original):
+    """A drop-in for SGLang's `eplb_algorithms.rebalance_experts` that answers the DeepSeek
+    algorithms (the ones `--eplb-algorithm auto` picks) with vibe's placement and leaves
+    the others (elasticity_aware: dead-rank masks) to `original`."""
+    import torch
+
+    def vibe_rebalance_experts(tokens_per_expert, num_physical_experts, num_local_physical_experts, num_groups,
+                               num_nodes, algorithm):
+        name = getattr(algorithm, "name", str(algorithm))
+        if name not in VIBE_ALGORITHMS:
+            return vibe_rebalance_experts.vibe_original(tokens_per_expert, num_physical_experts,
+                                                        num_local_physical_experts, num_groups, num_nodes, algorithm)
+        t = tokens_per_expert.detach().float().cpu().numpy() if hasattr(tokens_per_expert, "detach") \
+            else np.asarray(tokens_per_expert)
+        out = sglang_rebalance_np(t, int(num_physical_experts), int(num_local_physical_experts), num_groups,
+                                  int(num_nodes), name.endswith("_hierarchical"))
+        return tuple(torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)) for a in out)
+
+    vibe_rebalance_experts.vibe_original = original
+    return vibe_rebalance_experts
+
+
+def sglang_flags(placement: Placement, path: str | os.PathLike) -> str:
+    """The SGLang flags that go with an exported plan: EP size, redundant experts (SGLang
+    does not check them against the file) and the file."""
+    return (f"--ep-size {placement.num_gpus} --ep-num-redundant-experts {placement.num_redundant} "
+            f"--init-expert-location {path}")
