@@ -28,7 +28,9 @@ def register(cli) -> None:
     p.add_argument("--out", required=True, help="loads file to write (vibe.loads/v1)")
     p.add_argument("--trace", default=None, metavar="NPZ", help="esft: also write the token-level trace (.npz)")
     p.add_argument("--top-k", type=int, default=None, help="experts per token (when the files do not say)")
-    p.add_argument("--num-experts", type=int, default=None, help="routed experts per layer (esft default 64)")
+    p.add_argument("--num-experts", type=int, default=None,
+                   help="routed experts per layer of the model (esft default 64); trtllm: refuses statistics "
+                        "that count slots (load balancer on) unless --placement folds them")
     p.add_argument("--moe-layers", default=None, metavar="SPEC",
                    help="decoder layer ids of the MoE layers, e.g. 1-26: selects them from a decoder-indexed "
                         "dump (SGLang) or labels the rows of a MoE-indexed one (vLLM, npy)")
@@ -78,7 +80,8 @@ def import_loads(args: argparse.Namespace) -> tuple[ExpertLoads, RoutingTrace | 
         from vibe.engines.trtllm import load_trtllm_loads
 
         placement = Placement.load(args.placement) if args.placement else None
-        return load_trtllm_loads(args.paths, args.top_k, moe_layers, placement, args.model or ""), None
+        return load_trtllm_loads(args.paths, args.top_k, moe_layers, placement, args.model or "",
+                                 args.num_experts), None
     reader = read_json_counts if args.format == "json" else read_npy_counts
     return merge_raw([reader(p) for p in args.paths], args.top_k, moe_layers, args.model,
                      {"source": args.format}), None
@@ -105,6 +108,9 @@ def cmd_import(args: argparse.Namespace) -> int:
     from vibe.workload import max_over_mean
 
     loads, trace = import_loads(args)
+    if args.format == "trtllm" and args.num_experts is None and args.placement is None:
+        console.print(f"note: read as {loads.num_experts} experts per layer; statistics recorded with TensorRT-LLM's "
+                      f"load balancer on count slots: pass --num-experts (the model's) to check, --placement to fold")
     if trace is not None and args.trace:
         trace.save(args.trace)
     loads.save(args.out)

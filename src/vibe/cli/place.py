@@ -42,7 +42,11 @@ def register(cli) -> None:
     p.add_argument("--format", nargs="+", choices=ENGINE_FORMATS, default=["vibe"],
                    help="also write engine files next to --out: OUT.sglang.json, OUT.trtllm.yaml")
     p.add_argument("--num-hidden-layers", type=int, default=None,
-                   help="decoder layers of the model, for SGLang's layer axis (default: last MoE layer + 1)")
+                   help="decoder layers of the model, for SGLang's layer axis and TensorRT-LLM's MTP layer ids "
+                        "(default: last MoE layer + 1)")
+    p.add_argument("--mtp-layers", type=int, default=None, metavar="N",
+                   help="trtllm: MTP MoE layers num_hidden_layers + i to add (default: the model's, "
+                        "DeepSeek-V3/R1: 1, others 0); they get the last MoE layer's assignment")
     p.add_argument("--out", required=True, help="placement file to write (vibe.placement/v1)")
 
     e = cli.command("evaluate", "predict what a placement costs (cost model + lower bounds)", cmd_evaluate)
@@ -114,8 +118,18 @@ def cmd_place(args: argparse.Namespace) -> int:
     outputs: list[tuple[Path, str]] = [(out, json.dumps(placement.to_dict(), default=json_default) + "\n")]
     if "sglang" in args.format:
         outputs.append((paths["sglang"], json.dumps(placement_to_sglang(placement, args.num_hidden_layers)) + "\n"))
+    notes = []
     if "trtllm" in args.format:
-        outputs.append((paths["trtllm"], trtllm_placement_yaml(placement)))
+        from vibe.engines.trtllm import default_mtp_layers, load_balancer_applies
+
+        mtp = default_mtp_layers(loads.model) if args.mtp_layers is None else args.mtp_layers
+        outputs.append((paths["trtllm"], trtllm_placement_yaml(placement, args.num_hidden_layers, mtp)))
+        why = load_balancer_applies(loads.model, cluster.num_gpus)
+        if why:
+            notes.append(f"warning: {paths['trtllm']}: {why}")
+        if mtp:
+            notes.append(f"{paths['trtllm']}: {mtp} MTP layer(s) from decoder layer "
+                         f"{(args.num_hidden_layers or max(placement.layer_ids) + 1)} (--mtp-layers)")
     for path, _ in outputs:
         if path.is_dir():
             raise VibeError(f"{path}: is a folder, cannot write the placement there")
@@ -140,6 +154,13 @@ def cmd_place(args: argparse.Namespace) -> int:
                                                          "multinomial steps") + "): " + ", ".join(
             f"B={s.batch_tokens:g}: {fmt_us(s.mean_us)}" for s in stats))
     console.print("wrote " + ", ".join(written))
+    if "sglang" in args.format:
+        from vibe.engines.sglang import sglang_flags
+
+        console.print(f"SGLang: --tp-size {cluster.num_gpus} {sglang_flags(placement, paths['sglang'])} "
+                      "(plus --moe-a2a-backend deepep or another EP backend)", soft_wrap=True)
+    for note in notes:
+        console.print(note, soft_wrap=True, markup=False)
     return 0
 
 
