@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test fuzz bench clean
+.PHONY: demo test fuzz bench clean test-engines
 
 $(STAMP): pyproject.toml requirements/pins.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,25 @@ test: $(STAMP)
 fuzz: $(STAMP)
 	VIBE_HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -k "not slow" tests
 
+# Opt-in: vibe's vLLM / SGLang plug-ins through the engines' own code (pinned releases,
+# their Python files only, in a separate venv; not part of `make test`).
+EVENV  := .venv-engines
+ESTAMP := $(EVENV)/.installed
+
+$(ESTAMP): pyproject.toml requirements/pins.txt requirements/engines.txt requirements/engines-deps.txt
+	$(PYTHON) -m venv $(EVENV)
+	$(EVENV)/bin/pip install --quiet --upgrade pip
+	$(EVENV)/bin/pip install --quiet -c requirements/pins.txt torch==2.13.0
+	$(EVENV)/bin/pip install --quiet -c requirements/pins.txt -e '.[test]'
+	$(EVENV)/bin/pip install --quiet -r requirements/engines-deps.txt
+	$(EVENV)/bin/pip install --quiet --no-deps -r requirements/engines.txt
+	touch $(ESTAMP)
+
+test-engines: $(ESTAMP)
+	VIBE_ENGINE_TESTS=1 $(EVENV)/bin/python -m pytest -q tests/engines
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(EVENV) build src/*.egg-info .pytest_cache

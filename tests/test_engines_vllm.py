@@ -51,3 +51,18 @@ def test_plan_must_fit_the_model():
     assert check_plan_fits(plan, 3, 10, 8, "p.json").shape == (3, 10)
     with pytest.raises(InputError, match=r"p.json: .*2 MoE layers x 12 physical experts.*num_redundant_experts to 2"):
         check_plan_fits(plan, 2, 12, 8, "p.json")
+
+
+def test_policy_dumps_the_load_window(tmp_path):
+    from vibe.engines.vllm import rebalance_np
+    from vibe.model import ExpertLoads
+
+    w = np.arange(2 * 12, dtype=float).reshape(2, 12)
+    out = tmp_path / "window.json"
+    phy = rebalance_np(w, 16, 4, 2, 8, env={"VIBE_LOADS_OUT": str(out), "VIBE_TOP_K": "2"})
+    assert phy.shape == (2, 16)
+    loads = ExpertLoads.load(out)
+    assert loads.top_k == 2 and np.array_equal(loads.counts, w) and loads.layer_ids == (0, 1)
+    out.unlink()
+    rebalance_np(np.zeros((2, 12)), 16, 4, 2, 8, env={"VIBE_LOADS_OUT": str(out)})
+    assert not out.exists()  # empty windows (start-up, profile runs) are not written

@@ -28,6 +28,20 @@ from vibe.errors import InputError
 
 log = logging.getLogger("vibe.vllm")
 
+ENV_LOADS_OUT = "VIBE_LOADS_OUT"  # write each load window the policy sees as vibe.loads/v1
+
+
+def dump_loads(weight: np.ndarray, path: str, top_k: int) -> None:
+    """vLLM keeps its expert-load window in memory only: write the [L, E] window the policy
+    received (MoE layers 0..L-1, vLLM's layer axis) atomically to `path`."""
+    from vibe.model import ExpertLoads
+
+    try:
+        w = np.asarray(weight, dtype=np.float64)
+        ExpertLoads(w, min(top_k, w.shape[1]), model="vllm-eplb-window").save(path)
+    except Exception as exc:  # never stop the engine over a dump
+        log.warning("vibe: could not write %s: %s", path, exc)
+
 
 def rebalance_np(weight: np.ndarray, num_replicas: int, num_groups: int, num_nodes: int, num_ranks: int,
                  old_global_expert_indices: np.ndarray | None = None, env=os.environ) -> np.ndarray:
@@ -36,7 +50,11 @@ def rebalance_np(weight: np.ndarray, num_replicas: int, num_groups: int, num_nod
     Curves from $VIBE_CLUSTER when it names a file with one GPU per rank (otherwise a
     warning and identical GPUs: a running engine must not stop on a stale file), top-k
     from $VIBE_TOP_K (default 8), operating points from $VIBE_BATCH_TOKENS / $VIBE_WEIGHTS,
-    $VIBE_HIERARCHY=off to balance globally where EPLB would keep groups in nodes."""
+    $VIBE_HIERARCHY=off to balance globally where EPLB would keep groups in nodes; with
+    $VIBE_LOADS_OUT set, the load window is also written there (vibe.loads/v1)."""
+    dump = env.get(ENV_LOADS_OUT, "")
+    if dump and np.asarray(weight).sum() > 0:
+        dump_loads(weight, dump, top_k_from_env(env))
     try:
         cluster = cluster_from_env(num_ranks, env)
     except InputError as exc:

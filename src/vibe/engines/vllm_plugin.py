@@ -61,8 +61,14 @@ def install_plan_hook(eplb_state_cls: type, path: str) -> None:
     @functools.wraps(add_model)
     def add_model_with_plan(self, model, *args, **kwargs):
         out = add_model(self, model, *args, **kwargs)
-        phy = check_plan_fits(plan, int(model.num_moe_layers), int(model.num_physical_experts),
-                              int(model.num_logical_experts), path)
+        try:
+            phy = check_plan_fits(plan, int(model.num_moe_layers), int(model.num_physical_experts),
+                                  int(model.num_logical_experts), path)
+        except Exception:
+            if len(getattr(self, "model_states", {})) <= 1 or getattr(self, "_vibe_plan", None) is None:
+                raise  # the served model itself does not fit the plan: stop at start-up
+            log.info("vibe: %s does not fit a further model (e.g. an MTP drafter); it keeps vLLM's layout", path)
+            return out
         holder = {"armed": False, "num_experts": int(model.num_logical_experts), "path": path}
         self._vibe_plan = holder
         self.policy = plan_policy(self.policy, phy, holder)
