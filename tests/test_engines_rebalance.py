@@ -143,3 +143,28 @@ def test_cluster_from_env(tmp_path):
         cluster_from_env(8, {"VIBE_CLUSTER": str(path)})
     with pytest.raises(InputError, match="no such file"):
         cluster_from_env(8, {"VIBE_CLUSTER": str(tmp_path / "none.json")})
+
+
+def test_point_options_from_env():
+    from vibe.engines.rebalance import KEEP_TOL, point_options
+    from vibe.errors import VibeError
+
+    d = point_options({})
+    assert d["hierarchy"] == "auto" and d["keep_tol"] == KEEP_TOL and d["weights"] is None
+    d = point_options({"VIBE_BATCH_TOKENS": "32768,256", "VIBE_WEIGHTS": "1,1", "VIBE_HIERARCHY": "off",
+                       "VIBE_KEEP_TOL": "0.03"})
+    assert d == {"batch_tokens": (32768.0, 256.0), "weights": (1.0, 1.0), "hierarchy": "off", "keep_tol": 0.03}
+    for bad in ({"VIBE_BATCH_TOKENS": "a"}, {"VIBE_WEIGHTS": "1,2,3"}, {"VIBE_HIERARCHY": "x"},
+                {"VIBE_KEEP_TOL": "2"}):
+        with pytest.raises(VibeError):
+            point_options(bad)
+
+
+def test_keep_tolerance_trades_moves_for_time():
+    rng = np.random.default_rng(5)
+    w = rng.lognormal(0, 1.0, size=(6, 32)) * 1000
+    old = time_balanced(w, 40, 1, 1, 8)
+    w2 = w * rng.lognormal(0, 0.05, size=w.shape)
+    strict = time_balanced(w2, 40, 1, 1, 8, old=old)
+    loose = time_balanced(w2, 40, 1, 1, 8, old=old, keep_tol=0.5)
+    assert np.array_equal(loose, old) and moved_slots(strict, old, 8) >= moved_slots(loose, old, 8) == 0

@@ -38,6 +38,7 @@ ENV_TOP_K = "VIBE_TOP_K"  # experts per token of the served model
 ENV_BATCH = "VIBE_BATCH_TOKENS"  # operating points, e.g. "32768,256" (default: vibe.cost's)
 ENV_WEIGHTS = "VIBE_WEIGHTS"  # their weights, e.g. "0.7,0.3"
 ENV_HIERARCHY = "VIBE_HIERARCHY"  # "auto" (as the engine asks) or "off" (always global)
+ENV_KEEP_TOL = "VIBE_KEEP_TOL"  # keep an old layer predicted within this fraction of a fresh plan
 DEFAULT_TOP_K = 8  # DeepSeek-V3 / R1
 KEEP_TOL = 1e-3  # keep an old row predicted within 0.1% of the new one
 
@@ -113,14 +114,18 @@ def _floats(env, name: str) -> tuple[float, ...] | None:
 
 
 def point_options(env=os.environ) -> dict:
-    """{"batch_tokens", "weights", "hierarchy"} from the environment (validated)."""
+    """{"batch_tokens", "weights", "hierarchy", "keep_tol"} from the environment (validated)."""
     batch = _floats(env, ENV_BATCH) or DEFAULT_BATCH_TOKENS
     weights = _floats(env, ENV_WEIGHTS)
     normalize_weights(batch, weights)
     hierarchy = env.get(ENV_HIERARCHY, "auto").strip().lower() or "auto"
     if hierarchy not in ("auto", "off"):
         raise VibeError(f"${ENV_HIERARCHY}={hierarchy!r} must be 'auto' or 'off'")
-    return {"batch_tokens": tuple(batch), "weights": weights, "hierarchy": hierarchy}
+    keep = _floats(env, ENV_KEEP_TOL)
+    if keep is not None and (len(keep) != 1 or not 0 <= keep[0] < 1):
+        raise VibeError(f"${ENV_KEEP_TOL} must be one number in [0, 1)")
+    return {"batch_tokens": tuple(batch), "weights": weights, "hierarchy": hierarchy,
+            "keep_tol": KEEP_TOL if keep is None else keep[0]}
 
 
 def with_rank_nodes(cluster: Cluster, num_nodes: int) -> Cluster:
