@@ -36,6 +36,8 @@ $(ESTAMP): pyproject.toml requirements/pins.txt requirements/engines.txt require
 	$(EVENV)/bin/pip install --quiet -c requirements/pins.txt -e '.[test]'
 	$(EVENV)/bin/pip install --quiet -r requirements/engines-deps.txt
 	$(EVENV)/bin/pip install --quiet --no-deps -r requirements/engines.txt
+	$(EVENV)/bin/pip download --quiet --no-deps vllm==0.14.0 -d $(EVENV)/wheels
+	$(EVENV)/bin/python -c "import zipfile, glob; z = zipfile.ZipFile(glob.glob('$(EVENV)/wheels/vllm-0.14.0-*.whl')[0]); open('$(EVENV)/vllm-0.14.0-abstract.py', 'wb').write(z.read('vllm/distributed/eplb/policy/abstract.py'))"
 	touch $(ESTAMP)
 
 test-engines: $(ESTAMP)

@@ -188,3 +188,27 @@ def test_plan_hook_installs_the_plan_once(tmp_path, dsv3_weight):
     Model.num_physical_experts = 320
     with pytest.raises(Exception, match="plan.json: plan of 58 MoE layers x 288 slots"):
         State().add_model(Model(), None)
+
+
+def test_older_release_with_the_triple_return(dsv3_weight):
+    """vLLM 0.14.0's AbstractEplbPolicy declares (phy2log, log2phy, logcnt); its caller pads
+    log2phy to num_redundant + 1 columns. The file comes from the 0.14.0 wheel (make test-engines)."""
+    import importlib.util
+    from pathlib import Path
+
+    from vibe.engines.vllm import make_policy_class
+
+    path = Path(__file__).resolve().parents[2] / ".venv-engines" / "vllm-0.14.0-abstract.py"
+    if not path.exists():
+        pytest.fail(f"{path} missing: run make test-engines") if os.environ.get("VIBE_ENGINE_TESTS") == "1" \
+            else pytest.skip(f"{path} missing")
+    spec = importlib.util.spec_from_file_location("vllm014_abstract", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cls = make_policy_class(mod.AbstractEplbPolicy)
+    assert cls.returns_maps and issubclass(cls, mod.AbstractEplbPolicy)
+    phy, log2phy, logcnt = cls.rebalance_experts(torch.from_numpy(dsv3_weight.astype(np.int64)), 288, 8, 4, 32)
+    assert phy.shape == (58, 288) and logcnt.shape == (58, 256) and log2phy.shape[:2] == (58, 256)
+    assert log2phy.shape[-1] <= 288 - 256 + 1  # the 0.14 caller's assert
+    ref_l2p, ref_cnt = eplb_state.compute_logical_maps(phy, 256)
+    assert torch.equal(ref_cnt.long(), logcnt) and torch.equal(ref_l2p.long(), log2phy)

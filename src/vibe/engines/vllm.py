@@ -103,13 +103,18 @@ _CLASS = None
 def policy_class() -> type:
     """The `AbstractEplbPolicy` subclass for the installed vLLM (built once)."""
     global _CLASS
-    if _CLASS is not None:
-        return _CLASS
-    from vllm.distributed.eplb.policy.abstract import AbstractEplbPolicy
+    if _CLASS is None:
+        from vllm.distributed.eplb.policy.abstract import AbstractEplbPolicy
 
-    triple = returns_maps(AbstractEplbPolicy)
+        _CLASS = make_policy_class(AbstractEplbPolicy)
+    return _CLASS
 
-    class VibeEplbPolicy(AbstractEplbPolicy):
+
+def make_policy_class(abstract_cls: type) -> type:
+    """vibe's policy as a subclass of `abstract_cls`, answering in the kind it declares."""
+    triple = returns_maps(abstract_cls)
+
+    class VibeEplbPolicy(abstract_cls):
         """vibe's time-balanced placement with per-rank latency curves ($VIBE_CLUSTER)."""
 
         returns_maps = triple
@@ -121,8 +126,7 @@ def policy_class() -> type:
             phy = rebalance_np(w, num_replicas, num_groups, num_nodes, num_ranks, _np(old_global_expert_indices))
             return to_engine(phy, w.shape[1], triple)
 
-    _CLASS = VibeEplbPolicy
-    return _CLASS
+    return VibeEplbPolicy
 
 
 def plan_policy(inner: type, plan: np.ndarray, holder: dict) -> type:
