@@ -212,3 +212,21 @@ def test_older_release_with_the_triple_return(dsv3_weight):
     assert log2phy.shape[-1] <= 288 - 256 + 1  # the 0.14 caller's assert
     ref_l2p, ref_cnt = eplb_state.compute_logical_maps(phy, 256)
     assert torch.equal(ref_cnt.long(), logcnt) and torch.equal(ref_l2p.long(), log2phy)
+
+
+def test_plugins_load_in_a_fresh_process(tmp_path):
+    """What a vLLM process does at start-up: load_general_plugins() with the two settings."""
+    import subprocess
+    import sys
+
+    plan = tmp_path / "plan.json"
+    Placement.init_by_mapping(np.tile(np.arange(10) % 8, (3, 1)), 2, 8).save(plan)
+    code = ("from vllm.plugins import load_general_plugins; load_general_plugins(); "
+            "from vllm.distributed.eplb.eplb_state import EplbState; "
+            "from vllm.distributed.eplb.policy import EPLB_POLICIES; "
+            "print(EplbState._vibe_plan_hook, EPLB_POLICIES['default'].__name__)")
+    env = dict(os.environ, VIBE_PLAN=str(plan), VIBE_EPLB="1")
+    env.pop("VLLM_PLUGINS", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == [str(plan), "VibeEplbPolicy"]
