@@ -100,6 +100,8 @@ class WorkloadDriftDetector:
         self.patience, self.clear_ratio = int(patience), clear_ratio
         self.min_layers = max(1, math.ceil(profile.num_layers / 4)) if min_layers is None else int(min_layers)
         self._recent: collections.deque = collections.deque(maxlen=self.window)
+        self.last_tv: np.ndarray | None = None  # [L] distances of the latest update
+        self.last_cos: np.ndarray | None = None
         self.rebase(profile)
 
     def rebase(self, profile: ExpertLoads) -> None:
@@ -125,6 +127,7 @@ class WorkloadDriftDetector:
         self._recent.append(c)
         total = self.window_counts()
         tv, cos = share_distances(total, self.profile.counts)
+        self.last_tv, self.last_cos = tv, cos
         hot = (tv > self.tv_threshold) | (cos > self.cos_threshold)
         warm = (tv > self.tv_threshold * self.clear_ratio) | (cos > self.cos_threshold * self.clear_ratio)
         if not self.armed:
@@ -188,6 +191,10 @@ class HardwareDriftDetector:
         self.threshold, self.window, self.missing_after = threshold, int(window), int(missing_after)
         self.rebase(cluster, placement)
         self._reported = set()  # GPUs the cluster file marks down are reported by the first update
+
+    def pending_lost(self) -> list[int]:
+        """Lost GPUs not reported yet."""
+        return sorted(self.lost - self._reported)
 
     def mark_down(self, ranks: Sequence[int]) -> None:
         """GPUs found lost elsewhere (e.g. the cluster file, re-read): reported next update."""

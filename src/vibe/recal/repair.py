@@ -244,8 +244,10 @@ def resolve_down(placement: Placement, cluster: Cluster, down_gpus: Sequence[int
 def _check_room(placement: Placement, live_gpus: int) -> None:
     E, S = placement.num_logical_experts, placement.slots_per_gpu
     if live_gpus * S < E:
+        G = placement.num_gpus
+        r = next(r for r in range(G * E + 1) if (E + r) % G == 0 and live_gpus * ((E + r) // G) >= E)
         raise VibeError(f"{E} experts need {E} live slots; {live_gpus} live GPUs x {S} slots hold only "
-                        f"{live_gpus * S} (a plan needs at least {S} redundant slots per layer to survive a lost GPU)")
+                        f"{live_gpus * S} (a plan that survives this loss needs --redundant {r} or more)")
 
 
 # ---- the greedy ----------------------------------------------------------------------
