@@ -198,3 +198,23 @@ def test_trtllm_statistics_count_only_what_the_folder_gained(files):
     save_file({**it1, **it2}, str(folder / "rank0.safetensors"))
     second = src.poll()
     assert len(second) == 1 and np.array_equal(second[0].counts, 2 * counts)  # only the new iteration
+
+
+def test_monitor_reprofiles_a_gpu_that_runs_slower_than_predicted(files):
+    from vibe.recal.drift import predicted_gpu_us
+
+    tmp, cluster, old, _, plan = files
+    counts = ExpertLoads.load(old).counts
+    pred = predicted_gpu_us(Placement.load(plan), Cluster.load(cluster), counts)
+    slow = pred.copy()
+    slow[1] *= 1.25
+    stream = tmp / "hw.jsonl"
+    stream.write_text("".join(json.dumps({"counts": counts.tolist(), "gpu_us": slow.tolist()}) + "\n"
+                              for _ in range(10)))
+    lines: list[str] = []
+    mon = make_monitor(tmp, cluster, old, plan, stream, lines)
+    mon.poll()
+    drift = [line for line in lines if "hardware drift" in line]
+    assert len(drift) == 1 and "GPU 1 1.250x" in drift[0]
+    fresh = Cluster.load(tmp / "out" / "cluster-0001.json")
+    assert np.allclose(fresh.gpus[1].latency_us, Cluster.load(cluster).gpus[1].latency_us * 1.25)
