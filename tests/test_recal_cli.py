@@ -126,10 +126,13 @@ def test_monitor_skips_bad_dumps_never_double_counts_and_repairs_on_drift(files)
     dumps.mkdir()
     write_sglang_logical_count(ExpertLoads.load(old), dumps / "a.pt")
     (dumps / "b.pt").write_bytes(b"not a torch file")
+    write_sglang_logical_count(synth_loads(2, 16, 2, seed=0, layer_ids=(1, 2)), dumps / "other-model.pt")
     lines: list[str] = []
     mon = make_monitor(tmp, cluster, old, plan, dumps, lines)
     assert mon.poll() == 1
     assert any(line.startswith("skipped") and "b.pt" in line for line in lines)
+    assert any(line.startswith("skipped") and "other-model.pt: has no counts for the plan's MoE layer 3" in line
+               for line in lines)
     assert any("a.pt: no drift" in line for line in lines)
     n = len(lines)
     assert mon.poll() == 0 and len(lines) == n  # the same dumps again: nothing new, nothing logged

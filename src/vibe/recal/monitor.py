@@ -10,7 +10,6 @@ GPU was lost (the old plan can no longer serve). Every decision is one log line.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
