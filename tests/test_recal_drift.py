@@ -102,6 +102,16 @@ def test_a_persistently_slow_gpu_is_reprofiled_and_noise_is_not():
     assert d.ratio[1] == pytest.approx(1.2, rel=0.02)
     assert np.allclose(d.cluster.gpus[1].latency_us, cluster.gpus[1].latency_us * d.ratio[1])
     assert np.allclose(d.cluster.gpus[0].latency_us, cluster.gpus[0].latency_us)
+    # per-layer reports [L, G] work the same way
+    from vibe.cost import gpu_times_from_slot_tokens
+
+    per_layer = HardwareDriftDetector(cluster, plan, window=3)
+    c = steps[0]
+    slot = np.take_along_axis(c, plan.physical_to_logical_map, axis=1) * plan.slot_share()
+    T = gpu_times_from_slot_tokens(cluster, slot)  # [L, G] what the cost model predicts
+    T[:, 3] *= 0.8  # GPU 3 runs faster than its curve says
+    found = [per_layer.update(T, c) for _ in range(3)]
+    assert found[:2] == [None, None] and found[2].ratio == {3: pytest.approx(0.8)}
 
 
 def test_a_gpu_that_stops_reporting_or_is_marked_down_is_lost():

@@ -9,8 +9,8 @@ was repaired) or, for the workload, once the window looks like the profile again
     if drift: repair for drift.loads (the window's counts); drift.layers says which layers
 
     hd = HardwareDriftDetector(cluster, placement, top_k)
-    drift = hd.update(gpu_us, counts)                  # observed per-GPU MoE time [G] (NaN: no
-    if drift: repair on drift.cluster                  #  report), counts [L, E] of that step
+    drift = hd.update(gpu_us, counts)                  # observed per-GPU MoE time [G] or [L, G]
+    if drift: repair on drift.cluster                  #  (NaN: no report), counts [L, E] of that step
 
 Workload: per layer, the total-variation distance 0.5 * sum_e |p_e - q_e| and the cosine
 distance 1 - cos(p, q) between the expert shares p of a sliding window of the last
@@ -212,12 +212,15 @@ class HardwareDriftDetector:
 
     def update(self, gpu_us: np.ndarray | None = None, counts: np.ndarray | None = None,
                predicted_us: np.ndarray | None = None) -> HardwareDrift | None:
-        """One step: observed MoE time of each GPU gpu_us [G] in us (NaN: no report),
-        with that step's counts [L, E] (or its predicted times predicted_us [G])."""
+        """One step: observed MoE time of each GPU gpu_us [G] in us, or per layer [L, G]
+        (summed over layers; NaN: no report), with that step's counts [L, E] (or its
+        predicted times predicted_us [G])."""
         G = self.cluster.num_gpus
         new_lost = sorted(self.lost - self._reported)  # marked down in the cluster file
         if gpu_us is not None:
             obs = np.asarray(gpu_us, dtype=np.float64)
+            if obs.ndim == 2:  # per layer: a GPU missing in any layer did not report the step
+                obs = obs.sum(axis=0)
             if obs.shape != (G,):
                 raise InputError("gpu_us", f"{obs.size} GPU times for a {G}-GPU cluster")
             if predicted_us is None:
