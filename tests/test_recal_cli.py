@@ -221,3 +221,20 @@ def test_monitor_reprofiles_a_gpu_that_runs_slower_than_predicted(files):
     assert len(drift) == 1 and "GPU 1 1.250x" in drift[0]
     fresh = Cluster.load(tmp / "out" / "cluster-0001.json")
     assert np.allclose(fresh.gpus[1].latency_us, Cluster.load(cluster).gpus[1].latency_us * 1.25)
+
+
+def test_monitor_repairs_when_the_cluster_file_gets_new_curves(files):
+    tmp, cluster, old, _, plan = files
+    stream = tmp / "none.jsonl"
+    stream.write_text("")
+    lines: list[str] = []
+    mon = make_monitor(tmp, cluster, old, plan, stream, lines)
+    mon.poll()
+    assert lines == []
+    obj = json.loads(open(cluster).read())
+    obj["gpus"][0]["latency"]["us"] = [1.3 * v for v in obj["gpus"][0]["latency"]["us"]]  # a re-profiled GPU 0
+    open(cluster, "w").write(json.dumps(obj))
+    mon.poll()
+    assert len(lines) == 1 and "cluster file changed: GPU 0 1.300x its old curve" in lines[0]
+    assert "wrote" in lines[0] or "not worth it" in lines[0]
+    assert np.allclose(mon.cluster.gpus[0].latency_us, Cluster.load(cluster).gpus[0].latency_us)

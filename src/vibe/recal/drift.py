@@ -153,10 +153,25 @@ class HardwareDrift:
     lost: tuple[int, ...]
     cluster: Cluster
 
-    def describe(self) -> str:
-        parts = [f"GPU {g} {r:.3f}x the predicted time" for g, r in sorted(self.ratio.items())]
+    def describe(self, what: str = "hardware drift", of: str = "the predicted time") -> str:
+        parts = [f"GPU {g} {r:.3f}x {of}" for g, r in sorted(self.ratio.items())]
         parts += [f"GPU {g} lost" for g in self.lost]
-        return "hardware drift: " + ", ".join(parts)
+        return f"{what}: " + ", ".join(parts)
+
+
+def curve_ratios(old: Cluster, new: Cluster) -> dict[int, float]:
+    """{rank: median ratio new / old of its latency curve} for the GPUs whose curve or
+    overhead changed (e.g. `vibe cluster edit --scale`)."""
+    grid_old, us_old = old.latency_table()
+    us_new = new.latency_table()[1] if np.array_equal(new.latency_table()[0], grid_old) else np.stack(
+        [np.interp(grid_old, g.tokens, g.latency_us) for g in new.gpus])
+    out = {}
+    for g in range(old.num_gpus):
+        same = np.allclose(us_new[g], us_old[g], rtol=1e-9) and np.isclose(new.gpus[g].overhead_us,
+                                                                           old.gpus[g].overhead_us, rtol=1e-9)
+        if not same:
+            out[g] = float(np.median(us_new[g] / us_old[g]))
+    return out
 
 
 def predicted_gpu_us(placement: Placement, cluster: Cluster, counts: np.ndarray,
