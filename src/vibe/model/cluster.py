@@ -92,6 +92,10 @@ class Cluster:
             object.__setattr__(self, "_latency_table", cached)
         return cached
 
+    def down_ranks(self) -> tuple[int, ...]:
+        """Ranks marked `"state": "down"` in the file (lost GPUs: they get no tokens)."""
+        return tuple(g.rank for g in self.gpus if str(g.extra.get("state", "")).lower() == "down")
+
     def with_gpus(self, gpus: Sequence[GpuProfile], **changes: Any) -> "Cluster":
         return dataclasses.replace(self, gpus=tuple(gpus), **changes)
 

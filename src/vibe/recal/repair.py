@@ -1,0 +1,597 @@
+"""Incremental re-placement: repair a stale plan with few expert moves.
+
+A *move* gives one physical slot a different logical expert (one expert's weights
+travel to that slot's GPU); a *swap* of two slots is two moves, listed one after the
+other, that an engine applies together. Starting from the current plan, the greedy
+takes, again and again, the move or swap that lowers the predicted objective most per
+move, until the move or byte budget is spent or no move helps. The objective is the one
+of `vibe place` (vibe.cost): sum over operating points (or re-sampled steps with
+--robust/--traces) of weight x sum over layers of the slowest GPU's time.
+
+Validity along the list: after every single move and after every swap pair, every
+expert keeps at least one slot on a live GPU, so an engine can apply the list step by
+step while serving. A lost GPU (`down_gpus`, `"state": "down"` in the cluster file, or
+the plan's own `"down_gpus"`) keeps its slots but they get `replica_weights` 0; the
+repair first re-homes every expert that lived only there (those moves come first and
+may raise the objective: before them the plan cannot serve those experts at all, and
+`before_us` is then infinite).
+
+Speed: layers are independent, so the best candidate of every layer is kept and only
+the layer just changed is re-scored. Scoring a layer evaluates every swap (all slot
+pairs) and every single move (each slot of a replicated expert to every expert) at
+once with numpy, from per-slot costs of vibe.cost.expert_time_us.
+
+Shapes: K scenarios (operating points or sampled steps), L layers, E experts,
+P = G * S slots, G GPUs, S slots per GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from vibe.cost import expert_time_us
+from vibe.errors import InputError, VibeError
+from vibe.model import Cluster, ExpertLoads, Placement
+from vibe.policies.base import PlacementOptions
+
+# Bytes per weight element of an expert's dtype (cluster file `expert.dtype`).
+DTYPE_BYTES = {"fp8": 1.0, "fp8_block": 1.0, "e4m3": 1.0, "int8": 1.0, "bf16": 2.0, "bfloat16": 2.0,
+               "fp16": 2.0, "float16": 2.0, "half": 2.0, "fp32": 4.0, "float32": 4.0,
+               "fp4": 0.5, "nvfp4": 0.5, "mxfp4": 0.5, "int4": 0.5}
+# Worth-it rule defaults: a repair pays when its predicted gain per step, over this many
+# steps, exceeds the stall of moving its weights over one link of this bandwidth.
+DEFAULT_HORIZON_STEPS = 10_000  # ~3 minutes of serving at 20 ms per step
+DEFAULT_LINK_GBPS = 50.0  # GB/s: one 400 Gb/s NIC (the cross-node path; NVLink is ~9x faster)
+
+
+@dataclass(frozen=True)
+class Move:
+    """Slot `slot` of MoE layer `layer` (a layer id of the plan, not a row index) changes
+    from `old_expert` to `new_expert`; `bytes` of weights travel to the slot's GPU."""
+
+    layer: int
+    slot: int
+    old_expert: int
+    new_expert: int
+    bytes: int
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Repair:
+    """The repaired plan, its ordered moves, and the weighted objective (us per step)
+    before and after. step_us[i]: the objective once moves[: i + 1] are applied (both
+    moves of a swap carry the value after the swap)."""
+
+    placement: Placement
+    moves: tuple[Move, ...]
+    before_us: float
+    after_us: float
+    step_us: tuple[float, ...] = ()
+
+    @property
+    def bytes_moved(self) -> int:
+        return int(sum(m.bytes for m in self.moves))
+
+
+# ---- sizes, stalls and the worth-it rule ---------------------------------------------
+def expert_bytes(cluster: Cluster) -> int:
+    """Bytes of one expert's weights: 3 matrices hidden x intermediate (gate, up, down)
+    at the cluster's `expert.dtype`; 0 when the cluster does not say."""
+    e = cluster.expert or {}
+    try:
+        hidden, inter = int(e["hidden"]), int(e["intermediate"])
+    except (KeyError, TypeError, ValueError):
+        return 0
+    per = DTYPE_BYTES.get(str(e.get("dtype", "bf16")).lower())
+    if per is None:
+        raise VibeError(f"cluster {cluster.name!r}: unknown expert dtype {e.get('dtype')!r}; "
+                        f"known: {', '.join(sorted(DTYPE_BYTES))}")
+    return int(3 * hidden * inter * per)
+
+
+def stall_us(num_bytes: float, link_gbps: float = DEFAULT_LINK_GBPS) -> float:
+    """Time to move `num_bytes` over one link of `link_gbps` GB/s, in us."""
+    if link_gbps <= 0:
+        raise VibeError("link bandwidth must be > 0")
+    return float(num_bytes) / (link_gbps * 1e9) * 1e6
+
+
+def min_gain_per_move(cluster: Cluster, horizon_steps: float = DEFAULT_HORIZON_STEPS,
+                      link_gbps: float = DEFAULT_LINK_GBPS) -> float:
+    """Smallest gain per step (us) that pays one move's stall over the horizon."""
+    if horizon_steps <= 0:
+        raise VibeError("horizon must be > 0 steps")
+    return stall_us(expert_bytes(cluster), link_gbps) / horizon_steps
+
+
+def worth_it(repair: Repair, horizon_steps: float = DEFAULT_HORIZON_STEPS,
+             link_gbps: float = DEFAULT_LINK_GBPS) -> bool:
+    """Does the predicted gain over the horizon exceed the stall of all the moves?"""
+    if not repair.moves:
+        return False
+    gain = repair.before_us - repair.after_us
+    return gain * horizon_steps > stall_us(repair.bytes_moved, link_gbps)
+
+
+# ---- the objective -------------------------------------------------------------------
+def objective_tokens(loads: ExpertLoads, options: PlacementOptions) -> tuple[np.ndarray, np.ndarray]:
+    """The scenarios of `vibe place`'s objective: tokens [K, L, E] and weights [K] (the
+    operating points at average load, or re-sampled steps with options.robust)."""
+    from vibe.policies._timebalance import point_tokens, sampled_steps
+
+    return sampled_steps(loads, options) if options.robust else point_tokens(loads, options)
+
+
+def live_weights(placement: Placement, down_gpus: Sequence[int]) -> np.ndarray | None:
+    """[L, P] replica_weights with 0 on the slots of lost GPUs (1 elsewhere: an even
+    split over the live replicas, what engines do), or None without lost GPUs."""
+    if not len(down_gpus):
+        return None
+    live = ~np.isin(placement.gpu_of_slot, np.asarray(down_gpus))
+    return np.broadcast_to(live.astype(np.float64), placement.physical_to_logical_map.shape).copy()
+
+
+def objective_us(placement: Placement, cluster: Cluster, tokens: np.ndarray, weights: np.ndarray) -> float:
+    """sum_k w_k sum_l max_g T[k, l, g] (us) by the cost model; tokens [K, L, E]."""
+    from vibe.stochastic import step_gpu_times
+
+    T = step_gpu_times(placement, cluster, tokens)
+    return float(np.einsum("k,kl->", weights, T.max(axis=2)))
+
+
+# ---- counting moves fairly -----------------------------------------------------------
+def _per_gpu_counts(placement: Placement) -> np.ndarray:
+    """[L, G, E] how many slots of each GPU hold each expert."""
+    L, G, E = placement.num_layers, placement.num_gpus, placement.num_logical_experts
+    key = (np.arange(L)[:, None] * G + placement.gpu_of_slot[None, :]) * E + placement.physical_to_logical_map
+    return np.bincount(key.ravel(), minlength=L * G * E).reshape(L, G, E)
+
+
+def _check_same_shape(old: Placement, new: Placement) -> None:
+    if old.physical_to_logical_map.shape != new.physical_to_logical_map.shape or old.num_gpus != new.num_gpus:
+        raise VibeError(f"plans differ in shape: {list(old.physical_to_logical_map.shape)} on {old.num_gpus} GPUs "
+                        f"vs {list(new.physical_to_logical_map.shape)} on {new.num_gpus} GPUs")
+
+
+def count_moves(old: Placement, new: Placement) -> int:
+    """Fewest slot changes that turn `old` into `new` when `new`'s slots may be
+    relabelled within each GPU: per GPU and layer, S minus the experts both keep there
+    (as multisets). A slot that holds the same expert is no move."""
+    _check_same_shape(old, new)
+    kept = np.minimum(_per_gpu_counts(old), _per_gpu_counts(new)).sum()
+    return int(old.num_slots * old.num_layers - kept)
+
+
+def align_slots(old: Placement, new: Placement) -> Placement:
+    """`new` with its slots permuted within each GPU so that every expert `old` already
+    had on that GPU stays in its old slot: `new` then differs from `old` in exactly
+    count_moves(old, new) slots (same GPU times: the cost model ignores slot order)."""
+    _check_same_shape(old, new)
+    S = old.slots_per_gpu
+    a = old.physical_to_logical_map.reshape(old.num_layers, old.num_gpus, S)
+    b = new.physical_to_logical_map.reshape(a.shape)
+    wb = None if new.replica_weights is None else new.replica_weights.reshape(a.shape)
+    out = np.empty_like(b)
+    wout = None if wb is None else np.empty_like(wb)
+    for l, g in np.ndindex(a.shape[0], a.shape[1]):
+        src = list(range(S))  # positions of new's slots not yet placed
+        dest = [-1] * S
+        for s in range(S):  # keep experts in place where old had them
+            for j in src:
+                if b[l, g, j] == a[l, g, s]:
+                    dest[s] = j
+                    src.remove(j)
+                    break
+        free = iter(src)
+        for s in range(S):
+            if dest[s] < 0:
+                dest[s] = next(free)
+        out[l, g] = b[l, g, dest]
+        if wout is not None:
+            wout[l, g] = wb[l, g, dest]
+    return dataclasses.replace(new, physical_to_logical_map=out.reshape(old.physical_to_logical_map.shape),
+                               replica_weights=None if wout is None else wout.reshape(new.replica_weights.shape))
+
+
+def full_resolve(placement: Placement, loads: ExpertLoads, cluster: Cluster, options: PlacementOptions,
+                 down_gpus: Sequence[int] = (), policy: str = "vibe") -> Placement:
+    """What a from-scratch plan for `loads` would be (same slot count), its slots aligned
+    with `placement` so that count_moves counts its moves fairly. With lost GPUs the
+    policy runs on the live GPUs only (their slots, the rest as replicas) and the dead
+    GPUs' slots keep what they held, with replica_weights 0."""
+    from vibe.policies import place
+
+    down = resolve_down(placement, cluster, down_gpus)
+    S = placement.slots_per_gpu
+    live = [g for g in range(cluster.num_gpus) if g not in down]
+    _check_room(placement, len(live))
+    sub = cluster if not down else cluster.with_gpus(
+        [dataclasses.replace(cluster.gpus[g], rank=i) for i, g in enumerate(live)])
+    opts = dataclasses.replace(options, redundant=len(live) * S - placement.num_logical_experts)
+    fresh = place(loads, sub, policy, opts)
+    if not down:
+        return align_slots(placement, dataclasses.replace(fresh, extra=dict(placement.extra)))
+    phy = placement.physical_to_logical_map.copy()
+    slots = (np.asarray(live)[:, None] * S + np.arange(S)).ravel()
+    phy[:, slots] = fresh.physical_to_logical_map
+    out = dataclasses.replace(placement, physical_to_logical_map=phy, policy=policy,
+                              replica_weights=live_weights(placement, down),
+                              extra=dict(placement.extra, down_gpus=list(down)))
+    return align_slots(placement, out)
+
+
+def resolve_down(placement: Placement, cluster: Cluster, down_gpus: Sequence[int]) -> tuple[int, ...]:
+    """Lost GPUs: those passed, those marked down in the cluster, those the plan names."""
+    down = set(int(g) for g in down_gpus) | set(cluster.down_ranks())
+    extra = placement.extra.get("down_gpus") or []
+    if not isinstance(extra, list) or not all(isinstance(g, int) for g in extra):
+        raise VibeError("the plan's 'down_gpus' must be a list of GPU ranks")
+    down |= set(extra)
+    bad = [g for g in down if not 0 <= g < cluster.num_gpus]
+    if bad:
+        raise VibeError(f"lost GPU {bad[0]} is not a rank of the {cluster.num_gpus}-GPU cluster")
+    return tuple(sorted(down))
+
+
+def _check_room(placement: Placement, live_gpus: int) -> None:
+    E, S = placement.num_logical_experts, placement.slots_per_gpu
+    if live_gpus * S < E:
+        G = placement.num_gpus
+        r = next(r for r in range(G * E + 1) if (E + r) % G == 0 and live_gpus * ((E + r) // G) >= E)
+        raise VibeError(f"{E} experts need {E} live slots; {live_gpus} live GPUs x {S} slots hold only "
+                        f"{live_gpus * S} (a plan that survives this loss needs --redundant {r} or more)")
+
+
+# ---- the greedy ----------------------------------------------------------------------
+class _State:
+    """The plan being repaired, with per-slot costs at the current, one fewer and one
+    more replica of every expert, and GPU times, kept up to date layer by layer."""
+
+    def __init__(self, placement: Placement, cluster: Cluster, tokens: np.ndarray, weights: np.ndarray,
+                 down: Sequence[int]):
+        self.cluster = cluster
+        self.n = tokens  # [K, L, E]
+        self.w = weights  # [K]
+        self.phy = placement.physical_to_logical_map.copy()  # [L, P]
+        self.G, self.S = placement.num_gpus, placement.slots_per_gpu
+        self.E = placement.num_logical_experts
+        self.gpu = placement.gpu_of_slot  # [P]
+        self.live = ~np.isin(self.gpu, np.asarray(down, dtype=np.int64))  # [P]
+        self.gpu_live = ~np.isin(np.arange(self.G), np.asarray(down, dtype=np.int64))  # [G]
+        K, L, E = tokens.shape
+        G = self.G
+        self.cnt = np.zeros((L, E), dtype=np.int64)
+        self.has = np.zeros((L, E, G), dtype=np.int64)
+        self.C0 = np.zeros((K, L, E, G))
+        self.Cm = np.zeros((K, L, E, G))
+        self.Cp = np.zeros((K, L, E, G))
+        self.T = np.zeros((K, L, G))
+        for l in range(L):
+            self.refresh(l)
+
+    def refresh(self, l: int) -> None:
+        """Recompute counts, costs and GPU times of layer l from phy[l]."""
+        E, G = self.E, self.G
+        e, g = self.phy[l, self.live], self.gpu[self.live]
+        self.cnt[l] = np.bincount(e, minlength=E)
+        self.has[l] = np.bincount(e * G + g, minlength=E * G).reshape(E, G)
+        c = self.cnt[l].astype(np.float64)
+        n = self.n[:, l, :]  # [K, E]
+        gpus = np.arange(G)
+
+        def per_slot(count: np.ndarray) -> np.ndarray:  # [K, E, G] time of one replica
+            share = np.divide(n, count, out=np.zeros_like(n), where=count > 0)
+            return expert_time_us(self.cluster, gpus, share[..., None])
+
+        self.C0[:, l] = per_slot(c)
+        self.Cm[:, l] = per_slot(np.where(c >= 2, c - 1, 0))
+        self.Cp[:, l] = per_slot(c + 1)
+        T = np.zeros((n.shape[0], G))
+        np.add.at(T, (slice(None), g), self.C0[:, l, e, g])
+        self.T[:, l] = T + self.cluster.overhead_us
+
+    def layer_value(self, l: int) -> float:
+        return float(self.w @ self.T[:, l].max(axis=1))
+
+    def level(self, l: int) -> np.ndarray:
+        """[K] mean time of layer l's live GPUs: the level its GPUs should come down to."""
+        return self.T[:, l][:, self.gpu_live].mean(axis=1)
+
+    def _excess(self, x: np.ndarray, tau: np.ndarray) -> np.ndarray:
+        """Squared time above the level (tau [K], broadcast over x [K, ...])."""
+        t = tau.reshape((-1,) + (1,) * (x.ndim - 1))
+        return np.maximum(x - t, 0.0) ** 2
+
+    def heavy_slots(self, l: int, tau: np.ndarray) -> np.ndarray:
+        """Live slots on the HEAVY_GPUS live GPUs furthest above the level: a step must
+        unload one of them to lower the potential (all GPUs when there are few)."""
+        T = self.T[:, l]
+        rel = self.w @ (T / np.maximum(tau[:, None], 1e-12))  # [G]
+        rel = np.where(self.gpu_live, rel, -np.inf)
+        heavy = np.argsort(-rel, kind="stable")[:HEAVY_GPUS]
+        return np.flatnonzero(self.live & np.isin(self.gpu, heavy))
+
+    def swaps(self, l: int, tau: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Swaps of a live slot i on a heavy GPU with any live slot j of layer l:
+        (change of the weighted makespan [I, J], change of the excess potential [I, J],
+        slots i [I], slots j [J]); inf where not allowed."""
+        si, sj = self.heavy_slots(l, tau), np.flatnonzero(self.live)
+        ai, gi, aj, gj = self.phy[l, si], self.gpu[si], self.phy[l, sj], self.gpu[sj]
+        T, C0 = self.T[:, l], self.C0[:, l]  # [K, G], [K, E, G]
+        M = T.max(axis=1)  # [K]
+        new_i = (T[:, gi] - C0[:, ai, gi])[:, :, None] + C0[:, aj[None, :], gi[:, None]]  # [K, I, J]
+        new_j = (T[:, gj] - C0[:, aj, gj])[:, None, :] + C0[:, ai[:, None], gj[None, :]]  # [K, I, J]
+        rest = _rest_max(T)[:, gi[:, None], gj[None, :]]  # [K, I, J] the other GPUs' max
+        df = np.tensordot(self.w, np.maximum(np.maximum(new_i, new_j), rest) - M[:, None, None], axes=1)
+        dphi = np.tensordot(self.w, self._excess(new_i, tau) + self._excess(new_j, tau)
+                            - self._excess(T[:, gi], tau)[:, :, None] - self._excess(T[:, gj], tau)[:, None, :],
+                            axes=1)
+        has = self.has[l]
+        ok = (gi[:, None] != gj[None, :]) & (ai[:, None] != aj[None, :])
+        ok &= (has[ai[:, None], gj[None, :]] == 0) & (has[aj[None, :], gi[:, None]] == 0)
+        return np.where(ok, df, np.inf), np.where(ok, dphi, np.inf), si, sj
+
+    def singles(self, l: int, tau: np.ndarray, targets: np.ndarray | None = None):
+        """Moves of a live slot whose expert has another live replica to another expert:
+        one held by a heavy GPU (a new replica unloads it), or only `targets` [E] bool if
+        given. Returns (change of the makespan [N, B], change of the excess potential
+        [N, B], slots [N], experts [B]); inf where not allowed."""
+        slots = np.flatnonzero(self.live & (self.cnt[l][self.phy[l]] >= 2))
+        if targets is None:
+            targets = np.zeros(self.E, dtype=bool)
+            targets[self.phy[l, self.heavy_slots(l, tau)]] = True
+        b = np.flatnonzero(targets)
+        if slots.size == 0 or b.size == 0:
+            return np.full((slots.size, b.size), np.inf), np.full((slots.size, b.size), np.inf), slots, b
+        a, g = self.phy[l, slots], self.gpu[slots]
+        T, C0, Cm, Cp, has = self.T[:, l], self.C0[:, l], self.Cm[:, l], self.Cp[:, l], self.has[l]
+        M = T.max(axis=1)
+        N = slots.size
+        # the slot's expert loses a replica: its other replicas take more tokens, the slot is freed
+        d_src = has[a][None] * (Cm[:, a, :] - C0[:, a, :])  # [K, N, G]
+        # (a plan may hold two replicas of one expert on one GPU: the one left there also grows)
+        d_src[:, np.arange(N), g] = (has[a, g] - 1) * (Cm[:, a, g] - C0[:, a, g]) - C0[:, a, g]
+        # the new expert gains a replica here: its existing replicas take fewer tokens
+        d_dst = has[b][None] * (Cp[:, b] - C0[:, b])  # [K, B, G]
+        X = T[:, None, None, :] + d_src[:, :, None, :] + d_dst[:, None, :, :]  # [K, N, B, G]
+        X[:, np.arange(N)[:, None], np.arange(b.size)[None, :], g[:, None]] += Cp[:, b][:, :, g].transpose(0, 2, 1)
+        df = np.tensordot(self.w, X.max(axis=3) - M[:, None, None], axes=1)  # [N, B]
+        dphi = np.tensordot(self.w, (self._excess(X, tau) - self._excess(T, tau)[:, None, None, :]).sum(axis=3),
+                            axes=1)
+        ok = (a[:, None] != b[None, :]) & (has[b][:, g].T == 0)
+        return np.where(ok, df, np.inf), np.where(ok, dphi, np.inf), slots, b
+
+    def next_step(self, l: int, tau: np.ndarray, tol: float) -> list[tuple[int, int]] | None:
+        """The step of layer l that lowers the excess potential most per move without
+        raising the makespan: [(slot, new expert)] (one move, or a swap's two), or None.
+        Why the potential and not the makespan: when two GPUs tie at the top, no single
+        swap lowers the makespan, but unloading either one is progress."""
+        df, dphi, si, sj = self.swaps(l, tau)
+        key = np.where((df <= tol) & (dphi < -tol * tol), dphi / 2 + 1e-3 * np.minimum(df, 0), np.inf)
+        best, step = np.inf, None
+        if key.size:
+            k = int(np.argmin(key))
+            best = key.flat[k]
+        if np.isfinite(best):
+            i, j = divmod(k, len(sj))
+            i, j = int(si[i]), int(sj[j])
+            step = [(i, int(self.phy[l, j])), (j, int(self.phy[l, i]))]
+        if (self.cnt[l] >= 2).any():
+            df, dphi, slots, b = self.singles(l, tau)
+            key = np.where((df <= tol) & (dphi < -tol * tol), dphi + 2e-3 * np.minimum(df, 0), np.inf)
+            if key.size and key.min() < best:
+                i, j = divmod(int(np.argmin(key)), b.size)
+                step = [(int(slots[i]), int(b[j]))]
+        return step
+
+    def forced_rehome(self, l: int) -> tuple[int, int]:
+        """The cheapest move that gives an expert without a live slot one: (slot, expert)."""
+        df, dphi, slots, b = self.singles(l, self.level(l), targets=self.cnt[l] == 0)
+        i, j = divmod(int(np.argmin(df + 1e-9 * dphi)), b.size)
+        return int(slots[i]), int(b[j])
+
+    def apply(self, l: int, step: Sequence[tuple[int, int]]) -> list[Move]:
+        """Apply a step to layer l (refreshing it); its moves (layer and bytes unset)."""
+        moves = []
+        for slot, expert in step:
+            moves.append(Move(-1, slot, int(self.phy[l, slot]), expert, 0))
+            self.phy[l, slot] = expert
+        self.refresh(l)
+        return moves
+
+
+def _rest_max(T: np.ndarray) -> np.ndarray:
+    """[K, G] GPU times -> [K, G, G]: the largest time outside GPUs {g, h}."""
+    K, G = T.shape
+    order = np.argsort(-T, axis=1)[:, :3]  # [K, <=3]
+    vals = np.take_along_axis(T, order, axis=1)
+    out = np.full((K, G, G), -np.inf)
+    gg = np.arange(G)
+    for r in range(order.shape[1] - 1, -1, -1):  # the best rank not excluded wins
+        idx = order[:, r][:, None, None]
+        free = (gg[None, :, None] != idx) & (gg[None, None, :] != idx)
+        out = np.where(free, vals[:, r][:, None, None], out)
+    return out
+
+
+HEAVY_GPUS = 8  # GPUs furthest above the level that a step may unload (ESFT's 8 GPUs: all)
+LOOKAHEAD_STEPS = 4  # steps of each layer's own sequence scored ahead (plateaus hide gains)
+# Above this many slots in all layers, a layer looks ahead only to its first gain: a
+# DeepSeek-V3-sized plan (58 x 320) then repairs in about 2 s instead of 6 s; on ESFT
+# plans (26 x 64) the full lookahead recovers 2-4 points more of the re-solve's gain.
+SHORT_LOOKAHEAD_SLOTS = 8192
+
+
+class _Sequence:
+    """One layer's repair sequence, generated ahead of what the global greedy commits.
+
+    Layers are independent, so each layer's best next step does not depend on what
+    happens elsewhere: the steps generated ahead are exactly that layer's future. The
+    greedy commits a prefix chunk of LOOKAHEAD_STEPS steps or fewer, the one with the
+    best gain per move (a plateau step followed by a big gain is worth its moves)."""
+
+    def __init__(self, st: _State, l: int, tol: float, short: bool):
+        self.st, self.l, self.tol, self.short = st, l, tol, short
+        self.tau = st.level(l)  # fixed for the layer: the potential must not drift
+        self.steps: list[tuple[list[Move], float]] = []  # (moves, layer value after)
+        self.start = st.layer_value(l)
+        self.done = 0  # steps committed
+        self.exhausted = False
+
+    def _extend(self) -> None:
+        """Generate LOOKAHEAD_STEPS steps ahead (`short`: stop at one that lowers the makespan)."""
+        base = self.steps[self.done - 1][1] if self.done else self.start
+        while not self.exhausted and len(self.steps) < self.done + LOOKAHEAD_STEPS:
+            if self.short and len(self.steps) > self.done and self.steps[-1][1] < base - self.tol:
+                break
+            step = self.st.next_step(self.l, self.tau, self.tol)
+            if step is None:
+                self.exhausted = True
+                break
+            moves = self.st.apply(self.l, step)
+            self.steps.append((moves, self.st.layer_value(self.l)))
+
+    def best_chunk(self, room: float) -> tuple[float, int, int]:
+        """(gain per move, steps, moves) of the best next chunk within `room` moves."""
+        self._extend()
+        base = self.steps[self.done - 1][1] if self.done else self.start
+        best = (0.0, 0, 0)
+        used = 0
+        for k in range(self.done, len(self.steps)):
+            used += len(self.steps[k][0])
+            if used > room:
+                break
+            rate = (base - self.steps[k][1]) / used
+            if rate > best[0] * (1 + 1e-12):
+                best = (rate, k + 1 - self.done, used)
+        return best
+
+    def commit(self, count: int) -> list[tuple[list[Move], float]]:
+        out = self.steps[self.done:self.done + count]
+        self.done += count
+        return out
+
+
+def repair_placement(placement: Placement, loads: ExpertLoads, cluster: Cluster, options: PlacementOptions,
+                     max_moves: int | None = None, max_bytes: float | None = None,
+                     down_gpus: Sequence[int] = (), *, min_gain_us: float = 0.0) -> Repair:
+    """Greedy repair of `placement` for `loads` on `cluster` (see the module docstring).
+
+    max_moves / max_bytes: budgets (None: unbounded); a swap needs two moves.
+    down_gpus: lost GPUs (with those the cluster marks down and the plan names).
+    min_gain_us: every committed chunk must lower the objective by at least this much
+    per step and per move (min_gain_per_move gives the worth-it threshold); 0 takes
+    every gain.
+    """
+    placement.check_fits(cluster)
+    placement.check_matches(loads)
+    if max_moves is not None and max_moves < 0:
+        raise VibeError("--max-moves must be >= 0")
+    if max_bytes is not None and max_bytes < 0:
+        raise VibeError("--max-bytes must be >= 0")
+    size = expert_bytes(cluster)
+    if max_bytes is not None and size == 0:
+        raise VibeError(f"cluster {cluster.name!r} gives no expert size ('expert': hidden, intermediate, dtype), "
+                        "so a byte budget cannot be kept")
+    down = resolve_down(placement, cluster, down_gpus)
+    _check_room(placement, cluster.num_gpus - len(down))
+    tokens, w = objective_tokens(loads, options)
+    st = _State(placement, cluster, tokens, w, down)
+    room = math.inf if max_moves is None else float(max_moves)
+    if max_bytes is not None:
+        room = min(room, max_bytes // size)
+    ids = placement.layer_ids
+    L = placement.num_layers
+    moves: list[Move] = []
+    steps: list[float] = []
+    value = np.array([st.layer_value(l) for l in range(L)])  # [L] committed layer values
+
+    def record(l: int, ms: Sequence[Move], layer_value: float) -> None:
+        value[l] = layer_value
+        total = math.inf if (st.cnt == 0).any() else float(value.sum())
+        for m in ms:
+            moves.append(dataclasses.replace(m, layer=int(ids[l]), bytes=size))
+            steps.append(total)
+
+    # 1. re-home the experts a lost GPU held alone (required, whatever they cost)
+    orphans = st.cnt == 0  # [L, E]
+    need = int(orphans.sum())
+    if need > room:
+        raise VibeError(f"re-homing the experts of lost GPU(s) {list(down)} needs {need} moves "
+                        f"({need * size:,} bytes), more than the budget")
+    for l in np.flatnonzero(orphans.any(axis=1)):
+        while (st.cnt[l] == 0).any():
+            ms = st.apply(l, [st.forced_rehome(l)])
+            record(l, ms, st.layer_value(l))
+    room -= need
+    before = math.inf if need else objective_us(
+        dataclasses.replace(placement, replica_weights=live_weights(placement, down)), cluster, tokens, w)
+
+    # 2. the chunk of some layer's sequence that lowers the objective most per move
+    tol = 1e-9 * max(float(value.sum()) / L, 1e-12)
+    short = L * placement.num_slots > SHORT_LOOKAHEAD_SLOTS
+    seqs = [_Sequence(st, l, tol, short) for l in range(L)]
+    chunks = [s.best_chunk(room) for s in seqs]
+    while room >= 1:
+        l = int(np.argmax([c[0] for c in chunks]))
+        rate, count, used = chunks[l]
+        if count == 0 or rate <= tol or rate < min_gain_us:
+            break
+        for ms, v in seqs[l].commit(count):
+            record(l, ms, v)
+        room -= used
+        chunks[l] = seqs[l].best_chunk(room)
+        for k, c in enumerate(chunks):  # a chunk that no longer fits the budget is re-cut
+            if c[2] > room:
+                chunks[k] = seqs[k].best_chunk(room)
+
+    # the layers' sequences ran ahead of what was committed: rebuild from the moves
+    new = dataclasses.replace(apply_moves(placement, moves, down), replica_weights=live_weights(placement, down))
+    after = objective_us(new, cluster, tokens, w)
+    return Repair(new, tuple(moves), before, after, tuple(steps))
+
+
+def apply_moves(placement: Placement, moves: Sequence[Move], down_gpus: Sequence[int] = ()) -> Placement:
+    """`placement` with `moves` applied in order (checking each move's old expert);
+    replica_weights 0 on lost GPUs' slots. The result is validated like any plan."""
+    phy = placement.physical_to_logical_map.copy()
+    row = {lid: r for r, lid in enumerate(placement.layer_ids)}
+    for k, m in enumerate(moves):
+        r = row.get(m.layer)
+        if r is None or not 0 <= m.slot < placement.num_slots:
+            raise InputError("moves", f"move {k}: layer {m.layer} slot {m.slot} is not in the plan")
+        if phy[r, m.slot] != m.old_expert:
+            raise InputError("moves", f"move {k}: slot {m.slot} of layer {m.layer} holds expert "
+                                      f"{phy[r, m.slot]}, not {m.old_expert}")
+        phy[r, m.slot] = m.new_expert
+    down = list(down_gpus)
+    extra = dict(placement.extra, **({"down_gpus": sorted(down)} if down else {}))
+    return dataclasses.replace(placement, physical_to_logical_map=phy,
+                               replica_weights=live_weights(placement, down) if down else placement.replica_weights,
+                               extra=extra)
+
+
+def move_steps(moves: Sequence[Move]) -> list[tuple[Move, ...]]:
+    """Group the move list into the steps an engine applies: a swap (two consecutive
+    moves of one layer that exchange two experts) is one step, any other move alone."""
+    out: list[tuple[Move, ...]] = []
+    k = 0
+    while k < len(moves):
+        m = moves[k]
+        if k + 1 < len(moves):
+            n = moves[k + 1]
+            if n.layer == m.layer and n.old_expert == m.new_expert and n.new_expert == m.old_expert:
+                out.append((m, n))
+                k += 2
+                continue
+        out.append((m,))
+        k += 1
+    return out
