@@ -17,7 +17,7 @@ import yaml
 
 from vibe.engines.plain import RawCounts, check_counts, fold_slot_counts, merge_raw
 from vibe.errors import InputError
-from vibe.io import read_json, write_text_atomic
+from vibe.io import read_json
 from vibe.model import ExpertLoads, Placement
 
 
@@ -34,10 +34,6 @@ def placement_to_trtllm(placement: Placement) -> dict:
 
 def trtllm_placement_yaml(placement: Placement) -> str:
     return yaml.safe_dump(placement_to_trtllm(placement), default_flow_style=None, sort_keys=False, width=1 << 20)
-
-
-def write_trtllm_placement(placement: Placement, path: str | os.PathLike) -> None:
-    write_text_atomic(path, trtllm_placement_yaml(placement))
 
 
 # ---- EXPERT_STATISTIC_PATH dumps (loads import) -----------------------------------------
