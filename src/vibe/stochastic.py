@@ -87,7 +87,7 @@ def step_layer_times(placement: Placement, cluster: Cluster, tokens: np.ndarray)
 
 
 @dataclass(frozen=True)
-class StepStats:
+class SampledStepStats:
     """Per-step MoE time (sum over layers of the slowest GPU) over sampled steps, in us."""
 
     batch_tokens: float
@@ -104,9 +104,10 @@ class StepStats:
 
 def expected_step_time(placement: Placement, loads: ExpertLoads, cluster: Cluster, batch_tokens: float,
                        num_samples: int = DEFAULT_SAMPLES, seed: int = 0,
-                       trace: RoutingTrace | None = None) -> StepStats:
+                       trace: RoutingTrace | None = None) -> SampledStepStats:
     """Expected per-step MoE time of `placement` at operating point `batch_tokens`."""
     per_step = step_layer_times(placement, cluster, step_tokens(loads, batch_tokens, num_samples, seed, trace))
     total = per_step.sum(axis=1)
-    return StepStats(float(batch_tokens), int(num_samples), float(total.mean()), float(np.percentile(total, 50)),
-                     float(np.percentile(total, 95)), "trace" if trace is not None else "multinomial")
+    return SampledStepStats(float(batch_tokens), int(num_samples), float(total.mean()),
+                            float(np.percentile(total, 50)), float(np.percentile(total, 95)),
+                            "trace" if trace is not None else "multinomial")
