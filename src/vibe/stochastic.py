@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from vibe.cost import gpu_times_from_slot_tokens
-from vibe.errors import InputError
 from vibe.model import Cluster, ExpertLoads, Placement
-from vibe.model.traces import RoutingTrace
+from vibe.model.traces import RoutingTrace, check_trace_matches  # noqa: F401 (re-exported)
 
 DEFAULT_SAMPLES = 16
 
@@ -33,15 +32,6 @@ def load_traces(path: str | os.PathLike) -> RoutingTrace:
 
         return load_esft_trace(p)
     return RoutingTrace.load(p)
-
-
-def check_trace_matches(trace: RoutingTrace, loads: ExpertLoads, source: object = "traces") -> None:
-    """Raise InputError unless the trace routes the same layers and experts as `loads`."""
-    if trace.num_experts != loads.num_experts:
-        raise InputError(source, f"trace has {trace.num_experts} experts, loads have {loads.num_experts}")
-    if tuple(trace.layer_ids) != tuple(loads.layer_ids):
-        raise InputError(source, f"trace layer ids {list(trace.layer_ids)[:4]}... differ from the loads' "
-                                 f"{list(loads.layer_ids)[:4]}...")
 
 
 def trace_step_tokens(trace: RoutingTrace, batch_tokens: float, num_samples: int, seed: int) -> np.ndarray:
