@@ -354,6 +354,6 @@ def test_torch_is_not_imported_by_the_data_model():
     import subprocess
     import sys
 
-    code = ("import sys, vibe.model, vibe.cost, vibe.engines.sglang, vibe.engines.trtllm, vibe.workload; "
+    code = ("import sys, vibe.model, vibe.cost, vibe.engines.sglang, vibe.engines.trtllm, vibe.loadstats; "
             "print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

@@ -7,7 +7,7 @@ import pytest
 
 from vibe.errors import VibeError
 from vibe.sim.scheduler import Scheduler, SchedulerConfig
-from vibe.sim.workload import Workload
+from vibe.sim.requests import Workload
 
 
 def _run(w: Workload, cfg: SchedulerConfig, step_s: float = 0.01, check=None) -> Scheduler:

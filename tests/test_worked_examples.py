@@ -23,7 +23,7 @@ from vibe.policies import _timebalance as tb
 from vibe.sim.models import ModelSpec
 from vibe.sim.predictor import StepTime
 from vibe.sim.scheduler import SchedulerConfig
-from vibe.sim.workload import Workload
+from vibe.sim.requests import Workload
 
 
 # ---- the serving simulator with a fixed step time -------------------------------------

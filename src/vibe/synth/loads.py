@@ -18,7 +18,7 @@ import numpy as np
 
 from vibe.errors import VibeError
 from vibe.model import ExpertLoads
-from vibe.workload.stats import max_over_mean
+from vibe.loadstats.stats import max_over_mean
 
 PEAK_RANGE = (3.0, 8.0)  # busiest expert over the mean, per layer
 PEAK_MEDIAN = 4.0  # ESFT layers: median 3.3-4.4 by domain
