@@ -39,12 +39,14 @@ class FixedStepPredictor:
     the slowest. It records the (tokens, context) of every step it is asked about."""
 
     calls: list[tuple[int, float]] = []
+    seen: list[tuple] = []  # (routed counts, factors, dense_scale) of every step
 
     def __init__(self, model, cluster, placement, gpu, table_tokens=0):
-        FixedStepPredictor.calls = []
+        FixedStepPredictor.calls, FixedStepPredictor.seen = [], []
 
     def step(self, tokens, context, counts, factors=None, dense_scale=1.0) -> StepTime:
         FixedStepPredictor.calls.append((int(tokens), float(context)))
+        FixedStepPredictor.seen.append((np.array(counts), None if factors is None else np.array(factors), dense_scale))
         return StepTime(STEP_US, 10000.0, 625.0, 5000.0, 0.25, np.array([1]))
 
 
@@ -68,7 +70,7 @@ def _simulate(monkeypatch, **kw):
     monkeypatch.setattr(sim_engine, "Predictor", FixedStepPredictor)
     cluster, loads, placement, model = _tiny_setup()
     return sim_engine.simulate(WORKLOAD, cluster, loads, placement, model, scheduler=BUDGET,
-                               routing="expected", **kw)
+                               **{"routing": "expected", **kw})
 
 
 def test_three_requests_every_time_by_hand(monkeypatch):
@@ -150,6 +152,111 @@ def test_cut_off_before_a_prompt_is_served(monkeypatch):
     assert np.isnan(res.first_token_s[1])
     assert res.ttft_s()[1] * 1e3 == 7.8125
     assert res.e2e_s()[1] * 1e3 == 7.8125
+
+
+def test_drift_factors_reach_each_step_and_the_dense_part(monkeypatch):
+    # Both GPUs drift from t = 0 to 1.5x over a 1/32 s ramp (two steps), no jitter:
+    # factor(t) = 1 + 0.5 * clip(t / (1/32), 0, 1) at each step's start: steps 1-3 start
+    # at 0, 1/64, 2/64 -> 1, 1.25, 1.5; later steps 1.5. Identical GPUs: the dense part
+    # is scaled by the slowest factor, the same numbers.
+    from vibe.sim.hardware import HardwareModel
+
+    hw = HardwareModel(drift_gpus=2, drift_slowdown=0.5, drift_start_s=0.0, drift_ramp_s=1 / 32)
+    _simulate(monkeypatch, hardware=hw)
+    factors = [f.tolist() for _, f, _ in FixedStepPredictor.seen]
+    assert factors == [[1.0, 1.0], [1.25, 1.25], [1.5, 1.5], [1.5, 1.5], [1.5, 1.5], [1.5, 1.5]]
+    assert [d for _, _, d in FixedStepPredictor.seen] == [1.0, 1.25, 1.5, 1.5, 1.5, 1.5]
+    # static hardware: no factors at all, dense part at the static speed (1 here)
+    _simulate(monkeypatch)
+    assert all(f is None and d == 1.0 for _, f, d in FixedStepPredictor.seen)
+
+
+def test_same_seed_same_random_steps_other_seed_other_ones(monkeypatch):
+    # Jitter and sampled routing both come from the seed; the default seed is 0.
+    from vibe.sim.hardware import HardwareModel
+
+    hw = HardwareModel(jitter_cv=0.1)
+
+    def draws(**kw):
+        _simulate(monkeypatch, hardware=hw, routing="sample", **kw)
+        return [(c.tolist(), f.tolist()) for c, f, _ in FixedStepPredictor.seen]
+
+    a = draws(seed=3)
+    assert a == draws(seed=3) and a != draws(seed=4)
+    assert draws() == draws(seed=0)
+    jitter = [tuple(f) for _, f in a]
+    assert len(set(jitter)) == len(jitter)  # a fresh draw every step
+    # sampled routing: each step routes its tokens x top-1 over the 2 experts
+    assert [int(np.sum(c)) for c, _ in a] == [4, 1, 8, 3, 1, 2]
+
+
+def test_progress_is_reported_every_256_steps_and_at_the_end(monkeypatch):
+    # One request, 1-token prompt, 300 output tokens: 300 steps. Progress at step 256
+    # (nothing finished yet) and once at the end (1 of 1).
+    monkeypatch.setattr(sim_engine, "Predictor", FixedStepPredictor)
+    cluster, loads, placement, model = _tiny_setup()
+    w = Workload(np.array([0.0]), np.array([1]), np.array([300]))
+    seen = []
+    res = sim_engine.simulate(w, cluster, loads, placement, model, routing="expected",
+                              progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(0, 1), (1, 1)]
+    assert res.steps.steps == 300 and res.end_s == 300 / 64
+
+
+def test_default_time_limit_is_three_times_the_last_arrival_plus_60_s(monkeypatch):
+    # A request arriving at 10 s that would need a million steps: the run stops at the
+    # first step end at or past 3 * 10 + 60 = 90 s; steps end at 10 + k/64 s, so at 90.
+    monkeypatch.setattr(sim_engine, "Predictor", FixedStepPredictor)
+    cluster, loads, placement, model = _tiny_setup()
+    w = Workload(np.array([10.0]), np.array([1]), np.array([10**6]))
+    res = sim_engine.simulate(w, cluster, loads, placement, model, routing="expected")
+    assert res.end_s == 90.0 and not res.finished[0]
+    assert res.steps.steps == 80 * 64
+
+
+def test_a_model_of_another_shape_is_refused_naming_the_loads():
+    cluster, loads, placement, model = _tiny_setup()
+    other = ModelSpec("other", 1, (0,), 2, 2, 8, 8, 0.0, 0.0, 0.0, 0.0)  # top-2, loads are top-1
+    with pytest.raises(InputError) as exc:
+        sim_engine.simulate(WORKLOAD, cluster, loads, placement, other)
+    assert str(exc.value) == "loads: has top_k=1, model other routes top-2"
+
+
+def test_step_statistics_by_hand():
+    from vibe.sim.engine import StepStats
+
+    edges = sim_engine._HIST_EDGES_MS  # 0.1 ms * 10^(k/20): 1.0 at k = 20, 10 at 40, 100 at 60
+    s = StepStats(3)
+    assert s.step_percentile_ms(50) == 0.0 and s.to_dict()["steps"] == 0
+    # 50 steps of 1.05 ms, 49 of 10.5 ms, 1 of 105 ms: bins k = 21, 41, 61 (edges 1.12, 11.2, 112)
+    def st(ms, slowest):
+        return StepTime(ms * 1e3, ms * 500.0, ms * 100.0, ms * 400.0, 0.1, np.array(slowest))
+
+    for _ in range(50):
+        s.add(st(1.05, [0, 0]), 10)
+    for _ in range(49):
+        s.add(st(10.5, [1, 0]), 20)
+    s.add(st(105.0, [2, 2]), 30)
+    assert s.hist[21] == 50 and s.hist[41] == 49 and s.hist[61] == 1 and s.hist.sum() == 100
+    # p50: the 50th step is the last 1.05 ms one; p51 and p99 fall in the 10.5 ms bin; p100 in 105
+    assert s.step_percentile_ms(50) == edges[21] == pytest.approx(10 ** 0.05)
+    assert s.step_percentile_ms(51) == s.step_percentile_ms(99) == edges[41]
+    assert s.step_percentile_ms(100) == edges[61]
+    d = s.to_dict()
+    busy_ms = 50 * 1.05 + 49 * 10.5 + 105.0  # 672.0
+    assert d["steps"] == 100 and d["mean_step_ms"] == pytest.approx(busy_ms / 100)
+    assert d["mean_batch_tokens"] == pytest.approx((500 + 980 + 30) / 100)
+    assert d["moe_share"] == pytest.approx(0.5) and d["a2a_share"] == pytest.approx(0.1)
+    assert s.dense_us == pytest.approx(busy_ms * 400.0)
+    assert d["idle_at_barrier"] == pytest.approx(0.1)
+    # slowest GPU per layer: GPU 0 50*2 + 49 = 149 times, GPU 1 49, GPU 2 2, of 200
+    assert s.slowest.tolist() == [149, 49, 2]
+    assert d["straggler_share"] == [0.745, 0.245, 0.01] and d["top_straggler_gpu"] == 0
+    assert d["p50_step_ms"] == edges[21] and d["p99_step_ms"] == edges[41]
+    # one step beyond the histogram (1000 s) reads as its last edge, 100 s
+    one = StepStats(1)
+    one.add(st(1e6, [0]), 1)
+    assert one.step_percentile_ms(50) == edges[-1] == 1e5 and one.hist[-1] == 1
 
 
 # ---- the cost model on hand-made curves -----------------------------------------------
