@@ -449,3 +449,53 @@ def test_one_expert_without_replica_weight_is_rejected():
     # one replica at 0 is fine: its sibling takes all the tokens
     p = Placement(np.array([[0, 0, 1, 1]]), 2, 2, replica_weights=np.array([[0.0, 2.0, 1.0, 1.0]]))
     assert p.slot_share().tolist() == [[0.0, 1.0, 0.5, 0.5]]
+
+
+# ---- metrics and weights of the cost model, by hand ----------------------------------
+def test_point_metrics_by_hand():
+    from vibe.cost import metrics_from_gpu_times
+
+    # two layers: max 0.5 and 0.25 (sum 0.75); means 0.375 and 0.25 (sum 0.625)
+    T = np.array([[0.5, 0.25], [0.25, 0.25]])
+    m = metrics_from_gpu_times(T, 64, 0.5, np.array([0.25, 0.125]))
+    assert m.moe_time_us == 0.75 and m.imbalance == pytest.approx(0.75 / 0.625)
+    assert m.idle_fraction == pytest.approx(1 - 0.625 / 0.75)
+    assert m.layer_times_us.tolist() == [0.5, 0.25] and m.gpu_times_us is T
+    assert m.ratio_to_lb == pytest.approx(0.75 / 0.375)
+    assert m.to_dict() == {"batch_tokens": 64.0, "weight": 0.5, "moe_time_us": 0.75, "lower_bound_us": 0.375,
+                           "ratio_to_lb": 2.0, "imbalance": pytest.approx(1.2),
+                           "idle_fraction": pytest.approx(1 / 6)}
+    # nothing to do at all: balanced by definition, no idle time, no ratio
+    z = metrics_from_gpu_times(np.zeros((1, 2)), 8)
+    assert (z.imbalance, z.idle_fraction, z.lower_bound_us, z.ratio_to_lb) == (1.0, 0.0, None, None)
+
+
+def test_weights_are_checked_and_normalized():
+    from vibe.cost import normalize_weights
+    from vibe.errors import VibeError
+
+    assert normalize_weights([100, 10], [1, 3]).tolist() == [0.25, 0.75]
+    assert normalize_weights([100, 10], [0, 2]).tolist() == [0.0, 1.0]  # a zero weight is allowed
+    assert normalize_weights([100, 10], [0.5, 0.5]).tolist() == [0.5, 0.5]
+    assert normalize_weights([100, 10], None).tolist() == [0.5, 0.5]
+    cases = [([], None, "at least one operating point (--batch-tokens) is needed"),
+             ([0], None, "batch tokens must be > 0"), ([-5, 10], None, "batch tokens must be > 0"),
+             ([1, 2], [1], "1 weights for 2 batch sizes"),
+             ([1, 2], [-1, 2], "weights must be >= 0 and not all zero"),
+             ([1, 2], [0, 0], "weights must be >= 0 and not all zero"),
+             ([1, 2], [np.nan, 1], "weights must be >= 0 and not all zero"),
+             ([1, 2], [np.inf, 1], "weights must be >= 0 and not all zero")]
+    for b, w, msg in cases:
+        with pytest.raises(VibeError) as exc:
+            normalize_weights(b, w)
+        assert str(exc.value) == msg, (b, w)
+
+
+def test_gpu_times_take_leading_axes():
+    from vibe.cost import gpu_times_from_slot_tokens
+
+    # [K=2, L=1, P=4] slots on the two HAND GPUs (2 slots each) = each [L, P] on its own
+    tokens = np.array([[[50.0, 0.0, 25.0, 25.0]], [[4.0, 0.0, 2.0, 2.0]]])
+    T = gpu_times_from_slot_tokens(HAND, tokens)
+    assert T.shape == (2, 1, 2)
+    assert T.tolist() == [[[31.0, 72.0]], [[11.0, 42.0]]]  # as in test_cost_model_on_hand_made_curves
