@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vibe.cost import gpu_times_from_slot_tokens
+from vibe.cost import gpu_times_from_slot_tokens, slot_tokens_from_expert_tokens
 from vibe.model import Cluster, ExpertLoads, Placement
 from vibe.model.traces import RoutingTrace, check_trace_matches  # noqa: F401 (re-exported)
 
@@ -66,9 +66,7 @@ def step_gpu_times(placement: Placement, cluster: Cluster, tokens: np.ndarray) -
 
     tokens: [K, L, E] tokens per expert of each step, split over replicas as the
     placement says (evenly, or by its replica_weights)."""
-    phy = placement.physical_to_logical_map
-    slot = np.take_along_axis(tokens, np.broadcast_to(phy, tokens.shape[:1] + phy.shape), axis=2)
-    return gpu_times_from_slot_tokens(cluster, slot * placement.slot_share()[None])
+    return gpu_times_from_slot_tokens(cluster, slot_tokens_from_expert_tokens(placement, tokens))
 
 
 def step_layer_times(placement: Placement, cluster: Cluster, tokens: np.ndarray) -> np.ndarray:
