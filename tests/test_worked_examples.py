@@ -114,9 +114,12 @@ def test_three_requests_every_time_by_hand(monkeypatch):
     # 6 steps of 19 tokens in all; MoE 10000 / 15625 = 0.64 of the time, a2a 0.04;
     # idle 0.25 of MoE time; GPU 1 was the slowest in every step.
     assert st["steps"] == 6 and st["mean_batch_tokens"] == pytest.approx(19 / 6)
-    assert st["mean_step_ms"] == pytest.approx(15.625)
-    assert st["moe_share"] == pytest.approx(0.64) and st["a2a_share"] == pytest.approx(0.04)
-    assert st["idle_at_barrier"] == pytest.approx(0.25)
+    assert st["mean_step_ms"] == 15.625
+    assert st["moe_share"] == pytest.approx(0.64, rel=1e-12) and st["a2a_share"] == pytest.approx(0.04, rel=1e-12)
+    assert st["idle_at_barrier"] == pytest.approx(0.25, rel=1e-12)
+    assert set(s) == {"requests", "finished", "ttft_ms", "tpot_ms", "e2e_ms", "slo_attainment", "slo_ttft_ms",
+                      "slo_tpot_ms", "throughput_tok_s", "simulated_s", "steps"}
+    assert (s["slo_ttft_ms"], s["slo_tpot_ms"], s["simulated_s"]) == (15.625, 15.625, 1.015625)
     assert st["straggler_share"] == [0.0, 1.0] and st["top_straggler_gpu"] == 1
     # 15.625 ms lies in the log-histogram bin whose upper edge is the first edge >= it.
     edges = sim_engine._HIST_EDGES_MS
@@ -184,22 +187,39 @@ def test_same_seed_same_random_steps_other_seed_other_ones(monkeypatch):
     a = draws(seed=3)
     assert a == draws(seed=3) and a != draws(seed=4)
     assert draws() == draws(seed=0)
+    monkeypatch.setattr(sim_engine, "Predictor", FixedStepPredictor)
+    cluster, loads, placement, model = _tiny_setup()
+    sim_engine.simulate(WORKLOAD, cluster, loads, placement, model, scheduler=BUDGET, hardware=hw, seed=3)
+    assert [(c.tolist(), f.tolist()) for c, f, _ in FixedStepPredictor.seen] == a  # the default is "sample"
     jitter = [tuple(f) for _, f in a]
     assert len(set(jitter)) == len(jitter)  # a fresh draw every step
     # sampled routing: each step routes its tokens x top-1 over the 2 experts
     assert [int(np.sum(c)) for c, _ in a] == [4, 1, 8, 3, 1, 2]
 
 
+def test_a_routing_trace_drives_the_routed_counts(monkeypatch):
+    # A trace in which every token of layer 0 picks expert 1: each step routes all its
+    # tokens there (whole sequences of one token, re-sampled).
+    from vibe.model import RoutingTrace
+
+    trace = RoutingTrace(np.ones((1, 5, 1), np.int16), np.arange(6), 2, (0,))
+    _simulate(monkeypatch, trace=trace, routing="sample")
+    assert [c.tolist() for c, _, _ in FixedStepPredictor.seen] == [[[0, n]] for n in (4, 1, 8, 3, 1, 2)]
+    with pytest.raises(InputError, match="layer ids"):
+        _simulate(monkeypatch, trace=RoutingTrace(np.ones((1, 5, 1), np.int16), np.arange(6), 2, (7,)), routing="sample")
+
+
 def test_progress_is_reported_every_256_steps_and_at_the_end(monkeypatch):
-    # One request, 1-token prompt, 300 output tokens: 300 steps. Progress at step 256
-    # (nothing finished yet) and once at the end (1 of 1).
+    # One request, 1-token prompt, 300 output tokens: 300 steps. Progress after step 256
+    # and once at the end.
     monkeypatch.setattr(sim_engine, "Predictor", FixedStepPredictor)
     cluster, loads, placement, model = _tiny_setup()
-    w = Workload(np.array([0.0]), np.array([1]), np.array([300]))
+    # A second request (1 output token) finishes in the first step: 1 done at step 256.
+    w = Workload(np.array([0.0, 0.0]), np.array([1, 1]), np.array([300, 1]))
     seen = []
     res = sim_engine.simulate(w, cluster, loads, placement, model, routing="expected",
-                              progress=lambda done, total: seen.append((done, total)))
-    assert seen == [(0, 1), (1, 1)]
+                              progress=lambda done, total: seen.append((done, total, len(FixedStepPredictor.calls))))
+    assert seen == [(1, 2, 256), (2, 2, 300)]
     assert res.steps.steps == 300 and res.end_s == 300 / 64
 
 
@@ -253,10 +273,21 @@ def test_step_statistics_by_hand():
     assert s.slowest.tolist() == [149, 49, 2]
     assert d["straggler_share"] == [0.745, 0.245, 0.01] and d["top_straggler_gpu"] == 0
     assert d["p50_step_ms"] == edges[21] and d["p99_step_ms"] == edges[41]
-    # one step beyond the histogram (1000 s) reads as its last edge, 100 s
+    # one step beyond the histogram (1000 s) reads as its last edge, 100 s; its mean is itself
     one = StepStats(1)
     one.add(st(1e6, [0]), 1)
     assert one.step_percentile_ms(50) == edges[-1] == 1e5 and one.hist[-1] == 1
+    assert one.to_dict()["mean_step_ms"] == 1e6 and one.to_dict()["straggler_share"] == [1.0]
+    # 1.0005 ms lies just above the 1 ms edge: bin 21, not 20
+    near = StepStats(3)
+    for g in range(3):
+        near.add(st(1.0005, [g]), 1)
+    assert near.hist[21] == 3 and near.to_dict()["straggler_share"] == [0.3333, 0.3333, 0.3333]
+    # 202 steps, 100 of 1.05 ms then 102 of 10.5 ms: the median (the 101st) is 10.5 ms
+    half = StepStats(1)
+    for ms in [1.05] * 100 + [10.5] * 102:
+        half.add(st(ms, [0]), 1)
+    assert half.step_percentile_ms(50) == edges[41]
 
 
 # ---- the cost model on hand-made curves -----------------------------------------------
