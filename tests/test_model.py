@@ -358,6 +358,10 @@ PLACEMENT_MESSAGES = [
     (("replica_weights",), [[1.0] * 9 + [0.0, 1.0, 1.0], [1.0] * 11 + [0.0]], None),
     (("replica_weights",), [[0.0] * 8 + [1.0] * 4] * 2,  # layer 0: experts 1, 2, 4, 5, 7 weigh 0
      "every expert's replica_weights must sum to more than 0"),
+    (("replica_weights",), [[1.0] * 12, [1.0] * 11], "'replica_weights' is ragged or not numeric"),
+    (("layer_ids",), ["a", "b"], "'layer_ids' is ragged or not numeric"),
+    (("layer_ids",), [1.5, 2], "'layer_ids' must hold integers"),
+    (("physical_to_logical_map",), [0, 1, 2], "'physical_to_logical_map' must be a 2-D array, got shape [3]"),
 ]
 
 
@@ -381,13 +385,26 @@ def test_placement_constructor_errors_name_the_placement():
                                                    "matrix, got shape [0, 2]"),
              ((np.array([0, 1]), 1, 2), "physical_to_logical_map must be a non-empty [layers, slots] "
                                         "matrix, got shape [2]"),
-             ((np.array([[0, 1, 1]]), 2, 2), "3 slots per layer are not divisible by 2 GPUs")]
+             ((np.array([[0, 1, 1]]), 2, 2), "3 slots per layer are not divisible by 2 GPUs"),
+             ((np.array([[0, 1]]), 1, 3), "3 logical experts cannot fill 2 slots"),
+             ((np.array([[0, 0, 1]]), 1, 3), "layer row 0 is missing expert 2"),
+             ((np.array([[0, 1]]), 1, 2, (1, 2)), "2 layer_ids for 1 layers"),
+             ((np.array([[0, 1]]), 1, 2, (), "", np.ones((2, 2))), "replica_weights shape [2, 2] != map shape [1, 2]"),
+             ((np.array([[0, 1]]), 1, 2, (), "", np.array([[1.0, -1.0]])), "replica_weights must be finite and >= 0"),
+             ((np.array([[0, 1]]), 1, 2, (), "", np.array([[1.0, 0.0]])),
+              "every expert's replica_weights must sum to more than 0")]
     for args, problem in cases:
         with pytest.raises(InputError) as exc:
             Placement(*args)
         assert str(exc.value) == f"placement: {problem}"
     # one GPU and one expert are allowed
     assert Placement(np.array([[0]]), 1, 1).slots_per_gpu == 1
+    # inputs are normalised: an int64 map, a tuple of int layer ids, float replica weights
+    p = Placement(np.array([[0.0, 1.0]]), 1, 2, [np.int32(4)], "", [[1, 3]])
+    assert p.physical_to_logical_map.dtype == np.int64 and p.layer_ids == (4,)
+    assert p.replica_weights.dtype == np.float64 and p.slot_share().tolist() == [[1.0, 1.0]]
+    with pytest.raises(InputError, match="missing expert 2"):  # 3 experts asked, ids only reach 1
+        Placement.init_by_mapping(np.array([[0, 1, 0, 1]]), 2, 3)
 
 
 def test_placement_to_dict_and_extra_keys_by_hand():
@@ -405,6 +422,8 @@ def test_placement_to_dict_and_extra_keys_by_hand():
     # no policy in the file: an empty one; no num_logical_experts: the largest id + 1
     doc = {k: v for k, v in placement_doc().items() if k != "policy"}
     assert Placement.from_dict(doc).policy == "" and Placement.from_dict(doc).num_logical_experts == 8
+    one_gpu = dict(placement_doc(), num_gpus=1, slots_per_gpu=12)
+    assert Placement.from_dict(one_gpu).num_gpus == 1
     q = Placement.init_by_mapping(np.array([[0, 1]]), 1)
     assert q.policy == "" and q.layer_ids == (0,) and q.num_logical_experts == 2
     assert Placement.init_by_mapping(np.array([[0, 1, 0, 1]]), 2, 2, layer_ids=(3,)).layer_ids == (3,)
