@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test fuzz bench clean
+.PHONY: demo test fuzz bench mutation clean
 
 $(STAMP): pyproject.toml requirements/pins.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,15 @@ test: $(STAMP)
 fuzz: $(STAMP)
 	VIBE_HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -k "not slow" tests
 
+# Mutation testing of the core (not part of `make test`; see docs/testing.md). One module
+# at a time under nice, each with its fast tests: `make mutation MODULES="cost placement"`.
+MODULES ?=
+mutation: $(STAMP)
+	$(BIN)/pip install --quiet -c requirements/pins.txt -e '.[mutation]'
+	nice -n 15 $(BIN)/python tools/mutation.py $(MODULES)
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache mutants

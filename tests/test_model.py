@@ -422,6 +422,9 @@ def test_placement_to_dict_and_extra_keys_by_hand():
     # no policy in the file: an empty one; no num_logical_experts: the largest id + 1
     doc = {k: v for k, v in placement_doc().items() if k != "policy"}
     assert Placement.from_dict(doc).policy == "" and Placement.from_dict(doc).num_logical_experts == 8
+    with pytest.raises(InputError) as exc:
+        Placement.from_dict({"schema": "vibe.placement/v1", "num_gpus": 1, "physical_to_logical_map": [[]]}, "p.json")
+    assert str(exc.value) == "p.json: physical_to_logical_map must be a non-empty [layers, slots] matrix, got shape [1, 0]"
     one_gpu = dict(placement_doc(), num_gpus=1, slots_per_gpu=12)
     assert Placement.from_dict(one_gpu).num_gpus == 1
     q = Placement.init_by_mapping(np.array([[0, 1]]), 1)

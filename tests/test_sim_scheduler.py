@@ -93,7 +93,7 @@ def test_limits_of_one_are_allowed_and_zero_is_refused():
     s = Scheduler(w, SchedulerConfig(max_batch_tokens=1, max_running=1))
     assert s.schedule(0.0).tokens.tolist() == [1]  # a 2-token prompt in 1-token chunks
     for cfg in (SchedulerConfig(max_batch_tokens=0), SchedulerConfig(max_running=0)):
-        with pytest.raises(VibeError, match="--max-batch-tokens and --max-running must be >= 1"):
+        with pytest.raises(VibeError, match="^--max-batch-tokens and --max-running must be >= 1$"):
             Scheduler(w, cfg)
 
 
