@@ -530,3 +530,94 @@ def test_gpu_times_take_leading_axes():
     T = gpu_times_from_slot_tokens(HAND, tokens)
     assert T.shape == (2, 1, 2)
     assert T.tolist() == [[[31.0, 72.0]], [[11.0, 42.0]]]  # as in test_cost_model_on_hand_made_curves
+
+
+# ---- the step-time predictor, by hand --------------------------------------------------
+def _predictor_setup(num_gpus: int = 4):
+    """4 GPUs on 2 nodes; t(n) = n us (GPU 3: 2n) from 1 token on, no overhead; one slot
+    per GPU holding experts 0..3 in both MoE layers of a 3-layer model (layer 0 dense)."""
+    from vibe.sim.predictor import GpuSpec, Predictor
+
+    us = np.array([[1.0, 100.0]] * num_gpus)
+    us[-1] *= 2
+    cluster = Cluster.init_by_curves([1.0, 100.0], us, 0.0, nodes=[g // 2 for g in range(num_gpus)])
+    E = 4
+    placement = Placement.init_by_mapping(np.tile(np.arange(E), (2, 1)), num_gpus, layer_ids=(1, 2))
+    model = ModelSpec("hand", 3, (1, 2), E, 1, 1000, 8, 1e6, 2e6, 100.0, 10.0, 2.0)
+    gpu = GpuSpec(flops=1e12, hbm_bytes_s=1e12, layer_overhead_us=10.0, gpus_per_node=2, nvlink_bytes_s=1e9,
+                  net_bytes_s=0.5e9, a2a_latency_us=5.0, a2a_bytes_per_token=3.0)
+    return Predictor(model, cluster, placement, gpu, table_tokens=64)
+
+
+def test_dense_part_by_hand():
+    pred = _predictor_setup()
+    # 400 tokens attending 8000 context pairs over 4 GPUs: t = 100, c = 2000 per GPU.
+    # MoE layer (1e6 params): flops 2e6 * 100 + 10 * 2000 = 2.0002e8 -> 200.02 us; bytes
+    # 2e6 + 100 * 2000 = 2.2e6 -> 2.2 us; compute-bound: 10 + 200.02 = 210.02 us.
+    # Dense layer (2e6): 4.0002e8 -> 400.02 us -> 410.02 us. Two MoE + one dense: 830.06.
+    assert pred.dense_us(400, 8000) == pytest.approx(830.06)
+    assert pred.dense_us(400, 8000, 2.0) == pytest.approx(1660.12)
+    # No token, context 16e6 (4e6 per GPU): bytes 2e6 + 100 * 4e6 = 4.02e8 -> 402 us against
+    # flops 10 * 4e6 -> 40 us: memory-bound, 412 us; dense 4e6 + 4e8 -> 404 + 10 = 414.
+    assert pred.dense_us(0, 16e6) == pytest.approx(2 * 412 + 414)
+    # nothing at all: the weights are still read, 2 bytes each: 2 + 10 and 4 + 10 us
+    assert pred.dense_us(0, 0) == pytest.approx(2 * 12 + 14)
+
+
+def test_step_time_by_hand():
+    pred = _predictor_setup()
+    counts = np.array([[10.0, 20.0, 30.0, 40.0], [0.0, 0.0, 0.0, 8.0]])
+    st = pred.step(400, 8000, counts)
+    # MoE: layer 1 [10, 20, 30, 2 * 40] -> 80 (GPU 3); layer 2 [0, 0, 0, 16] -> 16 (GPU 3).
+    assert st.moe_us == 96.0 and st.slowest_gpu.tolist() == [3, 3]
+    # idle: mean GPU times 35 and 4, so 1 - 39 / 96
+    assert st.idle_fraction == pytest.approx(1 - 39 / 96)
+    # all-to-all per layer: 2 x 5 us + the most tokens one GPU receives x 1000 hidden x 3 B
+    # x (1/4 of them over NVLink at 1e9 B/s + 2/4 over the network at 0.5e9 B/s)
+    # = 3.75 us per token: (10 + 40 * 3.75) + (10 + 8 * 3.75) = 160 + 40 = 200
+    assert st.a2a_us == pytest.approx(200.0)
+    assert st.dense_us == pytest.approx(830.06)
+    assert st.total_us == pytest.approx(96 + 200 + 830.06)
+    # GPU 3 four times faster for now: layer 1 [10, 20, 30, 20] -> 30 (GPU 2), layer 2 -> 4
+    fast = pred.step(400, 8000, counts, np.array([1.0, 1.0, 1.0, 0.25]), dense_scale=2.0)
+    assert fast.moe_us == 34.0 and fast.slowest_gpu.tolist() == [2, 3]
+    assert fast.dense_us == pytest.approx(1660.12)
+    # a fractional count is interpolated, not looked up: 2.5 tokens take 2.5 us
+    half = pred.step(1, 0, np.array([[2.5, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]))
+    assert half.moe_us == 2.5 and half.idle_fraction == pytest.approx(1 - 2.5 / 4 / 2.5)
+    # past the 64-token table: 100 tokens on GPU 0 take 100 us
+    assert pred.step(1, 0, np.array([[100.0, 0, 0, 0], [0, 0, 0, 0]])).moe_us == 100.0
+    # no token routed: no MoE time and no idle time
+    assert pred.step(1, 0, np.zeros((2, 4))).idle_fraction == 0.0
+
+
+def test_one_gpu_has_no_all_to_all():
+    from vibe.sim.predictor import GpuSpec, Predictor
+
+    cluster = Cluster.init_by_curves([1.0, 100.0], [[1.0, 100.0]])
+    placement = Placement.init_by_mapping(np.array([[0, 1]]), 1)
+    model = ModelSpec("one", 1, (0,), 2, 1, 1000, 8, 0.0, 0.0, 0.0, 0.0)
+    st = Predictor(model, cluster, placement, GpuSpec(layer_overhead_us=0.0)).step(3, 0, np.array([[1.0, 2.0]]))
+    assert st.a2a_us == 0.0 and st.moe_us == 3.0 and st.idle_fraction == 0.0 and st.total_us == 3.0
+
+
+def test_routers_by_mode():
+    from vibe.errors import VibeError
+    from vibe.model import RoutingTrace
+    from vibe.sim.predictor import make_router
+
+    loads = ExpertLoads(np.array([[1.0, 3.0], [2.0, 2.0]]), top_k=1)
+    placement = Placement.init_by_mapping(np.array([[0, 1], [0, 1]]), 2)
+    rng = np.random.default_rng(0)
+    # expected: B * top_k * share, no noise
+    assert make_router(loads, placement, mode="expected")(8, rng).tolist() == [[2.0, 6.0], [4.0, 4.0]]
+    # sample without a trace: 8 routings per layer drawn from the shares
+    c = make_router(loads, placement)(8, rng)
+    assert c.sum(axis=1).tolist() == [8.0, 8.0] and (c >= 0).all()
+    assert make_router(loads, placement)(0, rng).tolist() == [[0.0, 0.0], [0.0, 0.0]]
+    # sample with a trace: whole sequences of it (here every token picks expert 0, then 1)
+    trace = RoutingTrace(np.array([[[0]] * 3, [[1]] * 3], np.int16), np.arange(4), 2, (0, 1))
+    assert make_router(loads, placement, trace)(3, rng).tolist() == [[3.0, 0.0], [0.0, 3.0]]
+    with pytest.raises(VibeError) as exc:
+        make_router(loads, placement, mode="typo")
+    assert str(exc.value) == "unknown routing mode 'typo' (sample, expected)"
