@@ -498,7 +498,7 @@ def test_point_metrics_by_hand():
                            "idle_fraction": pytest.approx(1 / 6)}
     # nothing to do at all: balanced by definition, no idle time, no ratio
     z = metrics_from_gpu_times(np.zeros((1, 2)), 8)
-    assert (z.imbalance, z.idle_fraction, z.lower_bound_us, z.ratio_to_lb) == (1.0, 0.0, None, None)
+    assert (z.imbalance, z.idle_fraction, z.lower_bound_us, z.ratio_to_lb, z.weight) == (1.0, 0.0, None, None, 1.0)
 
 
 def test_weights_are_checked_and_normalized():
