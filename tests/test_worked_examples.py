@@ -555,13 +555,13 @@ def test_dense_part_by_hand():
     # MoE layer (1e6 params): flops 2e6 * 100 + 10 * 2000 = 2.0002e8 -> 200.02 us; bytes
     # 2e6 + 100 * 2000 = 2.2e6 -> 2.2 us; compute-bound: 10 + 200.02 = 210.02 us.
     # Dense layer (2e6): 4.0002e8 -> 400.02 us -> 410.02 us. Two MoE + one dense: 830.06.
-    assert pred.dense_us(400, 8000) == pytest.approx(830.06)
-    assert pred.dense_us(400, 8000, 2.0) == pytest.approx(1660.12)
+    assert pred.dense_us(400, 8000) == pytest.approx(830.06, rel=1e-12)
+    assert pred.dense_us(400, 8000, 2.0) == pytest.approx(1660.12, rel=1e-12)
     # No token, context 16e6 (4e6 per GPU): bytes 2e6 + 100 * 4e6 = 4.02e8 -> 402 us against
     # flops 10 * 4e6 -> 40 us: memory-bound, 412 us; dense 4e6 + 4e8 -> 404 + 10 = 414.
-    assert pred.dense_us(0, 16e6) == pytest.approx(2 * 412 + 414)
+    assert pred.dense_us(0, 16e6) == pytest.approx(2 * 412 + 414, rel=1e-12)
     # nothing at all: the weights are still read, 2 bytes each: 2 + 10 and 4 + 10 us
-    assert pred.dense_us(0, 0) == pytest.approx(2 * 12 + 14)
+    assert pred.dense_us(0, 0) == pytest.approx(2 * 12 + 14, rel=1e-12)
 
 
 def test_step_time_by_hand():
@@ -571,20 +571,20 @@ def test_step_time_by_hand():
     # MoE: layer 1 [10, 20, 30, 2 * 40] -> 80 (GPU 3); layer 2 [0, 0, 0, 16] -> 16 (GPU 3).
     assert st.moe_us == 96.0 and st.slowest_gpu.tolist() == [3, 3]
     # idle: mean GPU times 35 and 4, so 1 - 39 / 96
-    assert st.idle_fraction == pytest.approx(1 - 39 / 96)
+    assert st.idle_fraction == pytest.approx(1 - 39 / 96, rel=1e-12)
     # all-to-all per layer: 2 x 5 us + the most tokens one GPU receives x 1000 hidden x 3 B
     # x (1/4 of them over NVLink at 1e9 B/s + 2/4 over the network at 0.5e9 B/s)
     # = 3.75 us per token: (10 + 40 * 3.75) + (10 + 8 * 3.75) = 160 + 40 = 200
-    assert st.a2a_us == pytest.approx(200.0)
-    assert st.dense_us == pytest.approx(830.06)
-    assert st.total_us == pytest.approx(96 + 200 + 830.06)
+    assert st.a2a_us == pytest.approx(200.0, rel=1e-12)
+    assert st.dense_us == pytest.approx(830.06, rel=1e-12)
+    assert st.total_us == pytest.approx(96 + 200 + 830.06, rel=1e-12)
     # GPU 3 four times faster for now: layer 1 [10, 20, 30, 20] -> 30 (GPU 2), layer 2 -> 4
     fast = pred.step(400, 8000, counts, np.array([1.0, 1.0, 1.0, 0.25]), dense_scale=2.0)
     assert fast.moe_us == 34.0 and fast.slowest_gpu.tolist() == [2, 3]
-    assert fast.dense_us == pytest.approx(1660.12)
+    assert fast.dense_us == pytest.approx(1660.12, rel=1e-12)
     # a fractional count is interpolated, not looked up: 2.5 tokens take 2.5 us
     half = pred.step(1, 0, np.array([[2.5, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]))
-    assert half.moe_us == 2.5 and half.idle_fraction == pytest.approx(1 - 2.5 / 4 / 2.5)
+    assert half.moe_us == 2.5 and half.idle_fraction == pytest.approx(1 - 2.5 / 4 / 2.5, rel=1e-12)
     # past the 64-token table: 100 tokens on GPU 0 take 100 us
     assert pred.step(1, 0, np.array([[100.0, 0, 0, 0], [0, 0, 0, 0]])).moe_us == 100.0
     # no token routed: no MoE time and no idle time
@@ -599,6 +599,15 @@ def test_one_gpu_has_no_all_to_all():
     model = ModelSpec("one", 1, (0,), 2, 1, 1000, 8, 0.0, 0.0, 0.0, 0.0)
     st = Predictor(model, cluster, placement, GpuSpec(layer_overhead_us=0.0)).step(3, 0, np.array([[1.0, 2.0]]))
     assert st.a2a_us == 0.0 and st.moe_us == 3.0 and st.idle_fraction == 0.0 and st.total_us == 3.0
+    # two GPUs on one node: all-to-all over NVLink only, 1000 x 3 B x (1/2) / 300e9 B/s per token
+    two = Cluster.init_by_curves([1.0, 100.0], [[1.0, 100.0]] * 2)
+    st = Predictor(model, two, Placement.init_by_mapping(np.array([[0, 1]]), 2), GpuSpec(layer_overhead_us=0.0)
+                   ).step(3, 0, np.array([[1.0, 2.0]]))
+    assert st.a2a_us == pytest.approx(2 * 15.0 + 2 * 1e6 * 1000 * 3.0 * 0.5 / 300e9, rel=1e-12)
+    # a placement for another model is refused, naming the placement
+    with pytest.raises(InputError) as exc:
+        Predictor(ModelSpec("three", 1, (0,), 3, 1, 1000, 8, 0.0, 0.0, 0.0, 0.0), cluster, placement)
+    assert str(exc.value) == "placement: is for 1 MoE layers x 2 experts, but model three has 1 x 3"
 
 
 def test_routers_by_mode():

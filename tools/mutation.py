@@ -65,7 +65,7 @@ MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
                   "src/vibe/policies/round_robin.py", "src/vibe/policies/token_balanced.py",
                   "src/vibe/policies/eplb.py"], ["tests/test_policies.py"], None),
     "timebalance": (["src/vibe/policies/_timebalance.py", "src/vibe/policies/vibe.py"],
-                    ["tests/test_worked_examples.py", "tests/test_vibe_policy.py"], None),
+                    ["tests/test_worked_examples.py", "tests/test_vibe_policy.py", "tests/test_robust.py"], None),
     "exact": (["src/vibe/policies/exact.py"], ["tests/test_exact.py"], None),
 }
 
