@@ -630,3 +630,23 @@ def test_routers_by_mode():
     with pytest.raises(VibeError) as exc:
         make_router(loads, placement, mode="typo")
     assert str(exc.value) == "unknown routing mode 'typo' (sample, expected)"
+
+
+def test_profile_router_above_the_exact_limit_keeps_mean_and_total(tmp_path):
+    from vibe.model import RoutingTrace
+    from vibe.sim.predictor import load_routing_trace, profile_router
+
+    # 1000 routings over 2 experts (far above 2 per expert): the Gaussian limit, rounded.
+    # Each count is rounded once, so a layer's total is 1000 within 1; the mean over 400
+    # draws is 250 / 750 within 4 standard errors (sd of one draw: sqrt(1000 * 0.1875) = 13.7).
+    loads = ExpertLoads(np.array([[1.0, 3.0]]), top_k=1)
+    route, rng = profile_router(loads), np.random.default_rng(1)
+    draws = np.stack([route(1000, rng) for _ in range(400)])[:, 0]
+    assert np.all(np.abs(draws.sum(axis=1) - 1000) <= 1) and np.all(draws == np.rint(draws))
+    assert np.all(np.abs(draws.mean(axis=0) - [250, 750]) < 4 * 13.7 / np.sqrt(400))
+    assert 10 < draws[:, 0].std() < 17
+    # a trace file is read back through the simulator's loader
+    trace = RoutingTrace(np.array([[[0]] * 3], np.int16), np.arange(4), 2, (5,))
+    trace.save(tmp_path / "t.npz")
+    back = load_routing_trace(tmp_path / "t.npz")
+    assert back.layer_ids == (5,) and np.array_equal(back.experts, trace.experts)
