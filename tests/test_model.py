@@ -439,6 +439,7 @@ def test_logical_to_physical_map_by_hand():
     assert p.logical_to_physical_map().tolist() == [[[1, 3], [0, -1], [2, -1]],
                                                     [[2, -1], [3, -1], [0, 1]]]
     assert p.logical_count().tolist() == [[2, 1, 1], [1, 1, 2]]
+    assert p.logical_to_physical_map().dtype == np.int64  # engines' files want integers
     # without replicas the table is one slot wide
     one = Placement.init_by_mapping(np.array([[2, 0, 1, 3]]), 2)
     assert one.logical_to_physical_map().tolist() == [[[1], [2], [0], [3]]]
@@ -460,3 +461,9 @@ def test_check_matches_and_fits_messages():
         p.check_fits(Cluster.init_by_curves([1, 2], [[1, 2]] * 3), "p.json")
     assert str(exc.value) == "p.json: placement is for 2 GPUs, cluster has 3"
     p.check_fits(Cluster.init_by_curves([1, 2], [[1, 2]] * 2))
+    with pytest.raises(InputError) as exc:
+        p.check_fits(Cluster.init_by_curves([1, 2], [[1, 2]] * 3))
+    assert str(exc.value) == "placement: placement is for 2 GPUs, cluster has 3"
+    with pytest.raises(InputError) as exc:
+        Placement.from_dict({"schema": "vibe.placement/v1", "num_gpus": 0, "physical_to_logical_map": [[0]]})
+    assert str(exc.value) == "placement: 'num_gpus' must be a positive integer"
