@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test fuzz bench clean test-engines
+.PHONY: demo test fuzz bench mutation clean test-engines
 
 $(STAMP): pyproject.toml requirements/pins.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,8 +43,15 @@ $(ESTAMP): pyproject.toml requirements/pins.txt requirements/engines.txt require
 test-engines: $(ESTAMP)
 	VIBE_ENGINE_TESTS=1 $(EVENV)/bin/python -m pytest -q tests/engines
 
+# Mutation testing of the core (not part of `make test`; see docs/testing.md). One module
+# at a time under nice, each with its fast tests: `make mutation MODULES="cost placement"`.
+MODULES ?=
+mutation: $(STAMP)
+	$(BIN)/pip install --quiet -c requirements/pins.txt -e '.[mutation]'
+	nice -n 15 $(BIN)/python tools/mutation.py $(MODULES)
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) $(EVENV) build src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(EVENV) build src/*.egg-info .pytest_cache mutants

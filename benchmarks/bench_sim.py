@@ -107,7 +107,7 @@ def bench_paper(cluster, loads, placements, fractions, seeds, duration, workers,
 
 def bench_real(fractions, seeds, duration, workers, out: Path) -> dict:
     """ESFT loads + routing trace, Azure conversation arrivals, 8 GPUs with one power-capped."""
-    from vibe.sim.workload import read_azure_trace
+    from vibe.sim.requests import read_azure_trace
 
     cluster = synth_cluster(8, scenario="power-cap", seed=0)
     loads = load_esft_loads(ESFT)

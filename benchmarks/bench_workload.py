@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vibe.engines.esft import load_esft_trace
-from vibe.workload import compare_loads
+from vibe.loadstats import compare_loads
 
 ROOT = Path(__file__).resolve().parents[1]
 ESFT = ROOT.parent / "shared" / "data" / "routing" / "esft-dsv2lite"

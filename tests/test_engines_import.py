@@ -15,7 +15,10 @@ from vibe.engines.layers import apply_moe_layers, parse_layer_spec
 from vibe.errors import InputError, VibeError
 from vibe.model import ExpertLoads, Placement, RoutingTrace
 
-torch = pytest.importorskip("torch")
+@pytest.fixture(scope="module")
+def torch():
+    """torch, for the tests that need it (they skip alone where it is not installed)."""
+    return pytest.importorskip("torch")
 
 
 def run(argv, capsys):
@@ -112,7 +115,7 @@ def test_esft_malformed_files(tmp_path, capsys):
 
 
 # ---- SGLang ----------------------------------------------------------------------------
-def test_sglang_stat_dump_sums_buffer_rows_and_drops_dense_layers(esft_loads, tmp_path, capsys):
+def test_sglang_stat_dump_sums_buffer_rows_and_drops_dense_layers(torch, esft_loads, tmp_path, capsys):
     rng = np.random.default_rng(0)
     counts = esft_loads.counts.astype(np.int64)
     # A 27-row decoder axis (row 0 dense), spread over 5 forward passes plus 3 unfilled rows.
@@ -130,7 +133,7 @@ def test_sglang_stat_dump_sums_buffer_rows_and_drops_dense_layers(esft_loads, tm
     assert loads.layer_ids == esft_loads.layer_ids and np.array_equal(loads.counts, counts)
 
 
-def test_sglang_per_pass_dumps_fold_slots_to_experts(esft_loads, tmp_path, capsys):
+def test_sglang_per_pass_dumps_fold_slots_to_experts(torch, esft_loads, tmp_path, capsys):
     placement = replicated_placement(esft_loads)
     slots = split_over_slots(esft_loads.counts, placement)  # [26, 80]
     phy_full = np.tile(np.arange(80) % 64, (27, 1))
@@ -164,6 +167,7 @@ def test_sglang_per_pass_dumps_fold_slots_to_experts(esft_loads, tmp_path, capsy
 
 @pytest.mark.parametrize("suffix", [".pt", ".json"])
 def test_sglang_logical_count_export_round_trip(esft_loads, tmp_path, capsys, suffix):
+    torch = pytest.importorskip("torch") if suffix == ".pt" else None
     src = tmp_path / "loads.json"
     esft_loads.save(src)
     lc = tmp_path / f"lc{suffix}"
@@ -192,7 +196,7 @@ class _RunsCode:
         return (open, (self.marker, "w"))
 
 
-def test_pickled_code_in_a_pt_is_refused_and_never_runs(tmp_path, capsys):
+def test_pickled_code_in_a_pt_is_refused_and_never_runs(torch, tmp_path, capsys):
     marker = tmp_path / "code_ran"
     evil = tmp_path / "evil.pt"
     torch.save({"logical_count": torch.zeros(2, 4), "payload": _RunsCode(marker)}, evil)
@@ -202,7 +206,7 @@ def test_pickled_code_in_a_pt_is_refused_and_never_runs(tmp_path, capsys):
     assert not marker.exists()
 
 
-def test_sglang_malformed_dumps(tmp_path, capsys):
+def test_sglang_malformed_dumps(torch, tmp_path, capsys):
     out = tmp_path / "loads.json"
     good = tmp_path / "good.pt"
     torch.save({"logical_count": torch.ones(3, 4, 8, dtype=torch.int32)}, good)
@@ -354,6 +358,6 @@ def test_torch_is_not_imported_by_the_data_model():
     import subprocess
     import sys
 
-    code = ("import sys, vibe.model, vibe.cost, vibe.engines.sglang, vibe.engines.trtllm, vibe.workload; "
+    code = ("import sys, vibe.model, vibe.cost, vibe.engines.sglang, vibe.engines.trtllm, vibe.loadstats; "
             "print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

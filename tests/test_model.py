@@ -336,3 +336,134 @@ def test_examples_in_docs_formats_are_valid(tmp_path):
     plan, loads, cluster = (loaded[k] for k in ("vibe.placement/v1", "vibe.loads/v1", "vibe.cluster/v1"))
     plan.check_matches(loads)
     plan.check_fits(cluster)
+
+
+# ---- placements: exact messages and exact derived maps, worked out by hand -----------
+# placement_doc(): 2 layers x 12 slots on 4 GPUs (3 slots each), experts 0..7.
+PLACEMENT_MESSAGES = [
+    (("num_gpus",), 0, "'num_gpus' must be a positive integer"),
+    (("num_gpus",), "four", "'num_gpus' must be a positive integer"),
+    (("slots_per_gpu",), 2, "slots_per_gpu=2 x num_gpus=4 != 12 slots per layer"),
+    (("slots_per_gpu",), "three", "'slots_per_gpu' must be an integer"),
+    (("physical_to_logical_map",), [list(range(8)) + [0, 1]] * 2, "10 slots per layer are not divisible by 4 GPUs"),
+    (("num_logical_experts",), "eight", "'num_logical_experts' must be an integer"),
+    (("num_logical_experts",), 13, "13 logical experts cannot fill 12 slots"),
+    (("num_logical_experts",), 0, "0 logical experts cannot fill 12 slots"),
+    (("physical_to_logical_map", 0, 11), -1, "expert ids must lie in 0..7"),
+    (("physical_to_logical_map", 1), [7, 6, 5, 4, 3, 2, 1, 1, 4, 5, 4, 1], "layer row 1 is missing expert 0"),
+    (("layer_ids",), [1], "1 layer_ids for 2 layers"),
+    (("replica_weights",), [[1.0] * 12], "replica_weights shape [1, 12] != map shape [2, 12]"),
+    (("replica_weights",), [[1.0] * 11 + [-1.0]] * 2, "replica_weights must be finite and >= 0"),
+    # expert 0 is in slots 0, 9 of layer 0 and 7, 11 of layer 1: one of each pair at 0 is valid
+    (("replica_weights",), [[1.0] * 9 + [0.0, 1.0, 1.0], [1.0] * 11 + [0.0]], None),
+    (("replica_weights",), [[0.0] * 8 + [1.0] * 4] * 2,  # layer 0: experts 1, 2, 4, 5, 7 weigh 0
+     "every expert's replica_weights must sum to more than 0"),
+    (("replica_weights",), [[1.0] * 12, [1.0] * 11], "'replica_weights' is ragged or not numeric"),
+    (("layer_ids",), ["a", "b"], "'layer_ids' is ragged or not numeric"),
+    (("layer_ids",), [1.5, 2], "'layer_ids' must hold integers"),
+    (("physical_to_logical_map",), [0, 1, 2], "'physical_to_logical_map' must be a 2-D array, got shape [3]"),
+]
+
+
+@pytest.mark.parametrize("path,value,problem", PLACEMENT_MESSAGES)
+def test_placement_errors_say_exactly_what_is_wrong(tmp_path, path, value, problem):
+    src = write(tmp_path, "p.json", _set(placement_doc(), path, value))
+    if problem is None:
+        Placement.load(src)
+        return
+    with pytest.raises(InputError) as exc:
+        Placement.load(src)
+    assert str(exc.value) == f"{src}: {problem}"
+
+
+def test_placement_constructor_errors_name_the_placement():
+    cases = [((np.array([[0, 1]]), 0, 2), "num_gpus must be >= 1"),
+             ((np.array([[0, 1, 2]]), 1, 2), "expert ids must lie in 0..1"),
+             ((np.zeros((1, 0), np.int64), 1, 1), "physical_to_logical_map must be a non-empty [layers, slots] "
+                                                   "matrix, got shape [1, 0]"),
+             ((np.zeros((0, 2), np.int64), 1, 1), "physical_to_logical_map must be a non-empty [layers, slots] "
+                                                   "matrix, got shape [0, 2]"),
+             ((np.array([0, 1]), 1, 2), "physical_to_logical_map must be a non-empty [layers, slots] "
+                                        "matrix, got shape [2]"),
+             ((np.array([[0, 1, 1]]), 2, 2), "3 slots per layer are not divisible by 2 GPUs"),
+             ((np.array([[0, 1]]), 1, 3), "3 logical experts cannot fill 2 slots"),
+             ((np.array([[0, 0, 1]]), 1, 3), "layer row 0 is missing expert 2"),
+             ((np.array([[0, 1]]), 1, 2, (1, 2)), "2 layer_ids for 1 layers"),
+             ((np.array([[0, 1]]), 1, 2, (), "", np.ones((2, 2))), "replica_weights shape [2, 2] != map shape [1, 2]"),
+             ((np.array([[0, 1]]), 1, 2, (), "", np.array([[1.0, -1.0]])), "replica_weights must be finite and >= 0"),
+             ((np.array([[0, 1]]), 1, 2, (), "", np.array([[1.0, 0.0]])),
+              "every expert's replica_weights must sum to more than 0")]
+    for args, problem in cases:
+        with pytest.raises(InputError) as exc:
+            Placement(*args)
+        assert str(exc.value) == f"placement: {problem}"
+    # one GPU and one expert are allowed
+    assert Placement(np.array([[0]]), 1, 1).slots_per_gpu == 1
+    # inputs are normalised: an int64 map, a tuple of int layer ids, float replica weights
+    p = Placement(np.array([[0.0, 1.0]]), 1, 2, [np.int32(4)], "", [[1, 3]])
+    assert p.physical_to_logical_map.dtype == np.int64 and p.layer_ids == (4,)
+    assert p.replica_weights.dtype == np.float64 and p.slot_share().tolist() == [[1.0, 1.0]]
+    with pytest.raises(InputError, match="missing expert 2"):  # 3 experts asked, ids only reach 1
+        Placement.init_by_mapping(np.array([[0, 1, 0, 1]]), 2, 3)
+
+
+def test_placement_to_dict_and_extra_keys_by_hand():
+    p = Placement.init_by_mapping(np.array([[1, 0, 1, 2]]), 2, layer_ids=(5,), policy="hand",
+                                  replica_weights=np.array([[3.0, 1.0, 1.0, 1.0]]))
+    assert p.to_dict() == {"schema": "vibe.placement/v1", "policy": "hand", "num_gpus": 2, "slots_per_gpu": 2,
+                           "num_logical_experts": 3, "layer_ids": [5],
+                           "physical_to_logical_map": [[1, 0, 1, 2]],
+                           "replica_weights": [[3.0, 1.0, 1.0, 1.0]]}
+    # expert 1's replicas split 3 : 1 -> 0.75, 0.25; the others hold all of theirs
+    assert p.slot_share().tolist() == [[0.75, 1.0, 0.25, 1.0]]
+    doc = p.to_dict() | {"note": "kept"}
+    back = Placement.from_dict(doc)
+    assert back.extra == {"note": "kept"} and back.to_dict() == doc
+    # no policy in the file: an empty one; no num_logical_experts: the largest id + 1
+    doc = {k: v for k, v in placement_doc().items() if k != "policy"}
+    assert Placement.from_dict(doc).policy == "" and Placement.from_dict(doc).num_logical_experts == 8
+    with pytest.raises(InputError) as exc:
+        Placement.from_dict({"schema": "vibe.placement/v1", "num_gpus": 1, "physical_to_logical_map": [[]]}, "p.json")
+    assert str(exc.value) == "p.json: physical_to_logical_map must be a non-empty [layers, slots] matrix, got shape [1, 0]"
+    one_gpu = dict(placement_doc(), num_gpus=1, slots_per_gpu=12)
+    assert Placement.from_dict(one_gpu).num_gpus == 1
+    q = Placement.init_by_mapping(np.array([[0, 1]]), 1)
+    assert q.policy == "" and q.layer_ids == (0,) and q.num_logical_experts == 2
+    assert Placement.init_by_mapping(np.array([[0, 1, 0, 1]]), 2, 2, layer_ids=(3,)).layer_ids == (3,)
+
+
+def test_logical_to_physical_map_by_hand():
+    # layer 0: expert 0 in slots 1, 3; expert 1 in 0; expert 2 in 2 (padding -1)
+    # layer 1: expert 2 in slots 0, 1; expert 0 in 2; expert 1 in 3
+    p = Placement.init_by_mapping(np.array([[1, 0, 2, 0], [2, 2, 0, 1]]), 2, 3)
+    assert p.logical_to_physical_map().tolist() == [[[1, 3], [0, -1], [2, -1]],
+                                                    [[2, -1], [3, -1], [0, 1]]]
+    assert p.logical_count().tolist() == [[2, 1, 1], [1, 1, 2]]
+    assert p.logical_to_physical_map().dtype == np.int64  # engines' files want integers
+    # without replicas the table is one slot wide
+    one = Placement.init_by_mapping(np.array([[2, 0, 1, 3]]), 2)
+    assert one.logical_to_physical_map().tolist() == [[[1], [2], [0], [3]]]
+
+
+def test_check_matches_and_fits_messages():
+    p = Placement.init_by_mapping(np.array([[0, 1], [1, 0]]), 2, layer_ids=(1, 2))
+    with pytest.raises(InputError) as exc:
+        p.check_matches(ExpertLoads(np.ones((2, 2)), 1, (1, 3)), "p.json")
+    assert str(exc.value) == "p.json: placement layer_ids differ from the loads' layer_ids"
+    with pytest.raises(InputError) as exc:
+        p.check_matches(ExpertLoads(np.ones((2, 4)), 1, (1, 2)))
+    assert str(exc.value) == "placement: placement is for 2 experts, loads have 4"
+    with pytest.raises(InputError) as exc:
+        p.check_matches(ExpertLoads(np.ones((3, 2)), 1, (1, 2, 3)))
+    assert str(exc.value) == "placement: placement has 2 layers, loads have 3"
+    p.check_matches(ExpertLoads(np.ones((2, 2)), 1, (1, 2)))
+    with pytest.raises(InputError) as exc:
+        p.check_fits(Cluster.init_by_curves([1, 2], [[1, 2]] * 3), "p.json")
+    assert str(exc.value) == "p.json: placement is for 2 GPUs, cluster has 3"
+    p.check_fits(Cluster.init_by_curves([1, 2], [[1, 2]] * 2))
+    with pytest.raises(InputError) as exc:
+        p.check_fits(Cluster.init_by_curves([1, 2], [[1, 2]] * 3))
+    assert str(exc.value) == "placement: placement is for 2 GPUs, cluster has 3"
+    with pytest.raises(InputError) as exc:
+        Placement.from_dict({"schema": "vibe.placement/v1", "num_gpus": 0, "physical_to_logical_map": [[0]]})
+    assert str(exc.value) == "placement: 'num_gpus' must be a positive integer"

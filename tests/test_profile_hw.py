@@ -10,21 +10,25 @@ import types
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-
-from vibe.cli import main  # noqa: E402
-from vibe.errors import InputError, VibeError  # noqa: E402
-from vibe.model import Cluster  # noqa: E402
-from vibe.profile import hardware as hw  # noqa: E402
-from vibe.profile import telemetry  # noqa: E402
-from vibe.profile.compare import compare_clusters  # noqa: E402
-from vibe.profile.fit import fit_curve, hinge_eval, hinge_fit, isotonic_fit  # noqa: E402
+from vibe.cli import main
+from vibe.errors import InputError, VibeError
+from vibe.model import Cluster
+from vibe.profile import hardware as hw
+from vibe.profile import telemetry
+from vibe.profile.compare import compare_clusters
+from vibe.profile.fit import fit_curve, hinge_eval, hinge_fit, isotonic_fit
 
 # One thread: this machine's 2 cores are shared, and a second thread spends its time
 # waiting for cores other jobs hold.
 SMALL = ["--hidden", "128", "--intermediate", "256", "--dtype", "fp32", "--devices", "cpu",
          "--tokens", "1,2,4,8,16,32,64", "--repeats", "7", "--warmup", "1", "--threads", "1",
          "--max-seconds", "10"]
+
+
+@pytest.fixture(scope="module")
+def torch():
+    """torch, for the tests that need it (they skip alone where it is not installed)."""
+    return pytest.importorskip("torch")
 
 
 def _spec(**kw) -> hw.ProfileSpec:
@@ -34,7 +38,7 @@ def _spec(**kw) -> hw.ProfileSpec:
 
 
 @pytest.fixture(scope="module")
-def cpu_file(tmp_path_factory):
+def cpu_file(torch, tmp_path_factory):
     out = tmp_path_factory.mktemp("hw") / "cpu.json"
     assert main(["profile", "hw", *SMALL, "--out", str(out)]) == 0
     return out
@@ -65,7 +69,7 @@ def test_cpu_curve_grows_with_tokens(cpu_file):
     assert g.latency_us[-1] > 1.5 * g.latency_us[0]
 
 
-def test_second_profile_agrees_within_noise(cpu_file):
+def test_second_profile_agrees_within_noise(torch, cpu_file):
     """On this shared 2-core machine, repeated profiles' medians moved by up to ~30% with
     the other jobs' load, their p10 by up to ~28% and their fastest samples by less."""
     first = Cluster.load(cpu_file)
@@ -80,7 +84,7 @@ def test_second_profile_agrees_within_noise(cpu_file):
     assert drift <= 0.35  # seen here: 1%-20% (6 runs, quiet and loaded); p10 reached 28%
 
 
-def test_multiprocess_path_on_cpu():
+def test_multiprocess_path_on_cpu(torch):
     spec = _spec(tokens=(1, 8), repeats=3, warmup=0)
     seen = []
     (prof,) = hw.profile_devices(spec, ["cpu"], progress=lambda d, k, n: seen.append((d, k, n)),
@@ -90,7 +94,7 @@ def test_multiprocess_path_on_cpu():
     assert seen and seen[-1] == ("cpu", 3, 3)
 
 
-def test_worker_reports_error_and_releases_barrier():
+def test_worker_reports_error_and_releases_barrier(torch):
     q: queue.Queue = queue.Queue()
     barrier = threading.Barrier(2)
     hw._worker(0, ["cpu"], _spec(hidden=-1), q, barrier)
@@ -108,7 +112,7 @@ def test_worker_reports_error_and_releases_barrier():
     (["--tokens", "4,2"], "strictly increasing"),
     (["--devices", "cpu,cpu"], "listed twice"),
 ])
-def test_bad_input_one_line_exit_2(tmp_path, capsys, argv, words):
+def test_bad_input_one_line_exit_2(torch, tmp_path, capsys, argv, words):
     out = tmp_path / "c.json"
     args = list(SMALL)
     for flag, value in zip(argv[::2], argv[1::2]):
@@ -119,7 +123,7 @@ def test_bad_input_one_line_exit_2(tmp_path, capsys, argv, words):
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
-def test_hinge_fit_is_written_when_asked(tmp_path):
+def test_hinge_fit_is_written_when_asked(torch, tmp_path):
     out = tmp_path / "h.json"
     args = [a if a != "7" else "3" for a in SMALL]  # 3 rounds are enough here
     assert main(["profile", "hw", *args, "--fit", "hinge", "--out", str(out)]) == 0
@@ -128,7 +132,7 @@ def test_hinge_fit_is_written_when_asked(tmp_path):
     assert np.allclose(g.latency_us, hinge_eval(g.extra["fit"], g.tokens))
 
 
-def test_no_gpu_is_a_clear_error():
+def test_no_gpu_is_a_clear_error(torch):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     with pytest.raises(InputError, match="use --devices cpu"):
@@ -223,7 +227,7 @@ def test_cpu_telemetry_reads_proc_and_sys(tmp_path):
     assert tel["cpu_model"] == "Test CPU" and tel["sm_clock_mhz"] == 2500.0 and tel["temp_c"] == 55.0
 
 
-def test_vibe_error_from_dead_workers_names_device(monkeypatch):
+def test_vibe_error_from_dead_workers_names_device(torch, monkeypatch):
     # A worker that fails inside the profile (not at validation) is reported as one line.
     spec = _spec(tokens=(1, 2), repeats=3)
     monkeypatch.setattr(hw, "check_shape", lambda spec, device: None)

@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 
 from vibe.cli import main  # noqa: E402
 from vibe.model import ExpertLoads, RoutingTrace  # noqa: E402
-from vibe.profile.workload import find_routers, read_dataset, record_routing  # noqa: E402
+from vibe.profile.routing import find_routers, read_dataset, record_routing  # noqa: E402
 
 VOCAB = 96
 COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2,

@@ -10,16 +10,19 @@ import pytest
 from vibe.cli import main
 from vibe.model import ExpertLoads
 from vibe.policies import place
-from vibe.synth import synth_cluster
+from vibe.synth import synth_cluster, synth_loads_for_model
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory, esft_loads):
+def files(tmp_path_factory):
+    """Synthetic loads of the DeepSeek-V2-Lite shape (the layer ids and experts of the ESFT
+    traces), so the CLI is tested without ../shared."""
     d = tmp_path_factory.mktemp("sim")
     cluster = synth_cluster(8, scenario="power-cap", seed=1)
     cluster.save(d / "cluster.json")
-    esft_loads.save(d / "loads.json")
-    place(esft_loads, cluster, "eplb").save(d / "eplb.json")
+    loads = synth_loads_for_model("deepseek-v2-lite", seed=0)
+    loads.save(d / "loads.json")
+    place(loads, cluster, "eplb").save(d / "eplb.json")
     v3 = ExpertLoads(np.ones((58, 256)), 8, tuple(range(3, 61)))
     place(v3, cluster, "linear").save(d / "v3.json")
     return d

@@ -18,7 +18,7 @@ from vibe.model import Cluster, ExpertLoads
 from vibe.policies import place
 from vibe.synth import MODEL_PRESETS, SCENARIOS, synth_cluster, synth_loads, synth_loads_for_model
 from vibe.synth import cluster as synth_cluster_mod
-from vibe.workload.stats import max_over_mean
+from vibe.loadstats.stats import max_over_mean
 
 PREFILL_N = 2048  # tokens per expert: compute-bound
 DECODE_N = 8  # tokens per expert: memory-bound

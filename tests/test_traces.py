@@ -115,3 +115,24 @@ def test_concat_keeps_every_sequence():
     assert np.array_equal(j.counts(), a.counts() + b.counts())
     with pytest.raises(InputError):
         concat_traces([a, small_trace(0, E=12)])
+
+
+def test_trace_must_match_layers_ids_and_experts_of_loads_and_placements():
+    from vibe.model import ExpertLoads, Placement
+    from vibe.model.traces import check_trace_matches
+
+    t = small_trace(L=3, E=10)  # layers 1, 2, 3; 10 experts
+    loads = ExpertLoads(np.ones((3, 10)), 2, (1, 2, 3))
+    placement = Placement.init_by_mapping(np.tile(np.arange(10), (3, 1)), 2, layer_ids=(1, 2, 3))
+    check_trace_matches(t, loads)
+    check_trace_matches(t, placement)
+    with pytest.raises(InputError, match="is for 3 layers x 10 experts, the loads for 3 x 12"):
+        check_trace_matches(t, ExpertLoads(np.ones((3, 12)), 2))
+    with pytest.raises(InputError, match="the placement for 2 x 10"):
+        check_trace_matches(t, Placement.init_by_mapping(np.tile(np.arange(10), (2, 1)), 2))
+    # same shape, other layer ids: the trace is of other layers (the simulator's check
+    # used to let this through)
+    with pytest.raises(InputError, match="layer ids"):
+        check_trace_matches(t, Placement.init_by_mapping(np.tile(np.arange(10), (3, 1)), 2))  # ids 0, 1, 2
+    with pytest.raises(InputError, match="layer ids"):
+        check_trace_matches(t, ExpertLoads(np.ones((3, 10)), 2, (0, 2, 3)))

@@ -58,8 +58,15 @@ def expert_cost_matrix(cluster: Cluster, expert_tokens: np.ndarray) -> np.ndarra
 # ---- predicted times of a placement --------------------------------------------------
 def slot_tokens(placement: Placement, loads: ExpertLoads, batch_tokens: float) -> np.ndarray:
     """[L, P] tokens each physical slot receives at operating point `batch_tokens`."""
-    n_e = loads.expert_tokens(batch_tokens)  # [L, E]
-    return np.take_along_axis(n_e, placement.physical_to_logical_map, axis=1) * placement.slot_share()
+    return slot_tokens_from_expert_tokens(placement, loads.expert_tokens(batch_tokens))
+
+
+def slot_tokens_from_expert_tokens(placement: Placement, expert_tokens: np.ndarray) -> np.ndarray:
+    """[..., L, E] tokens per expert -> [..., L, P] tokens of each slot, split over an
+    expert's replicas as the placement says (evenly, or by its replica_weights)."""
+    n_e = np.asarray(expert_tokens, dtype=np.float64)
+    phy = placement.physical_to_logical_map
+    return np.take_along_axis(n_e, np.broadcast_to(phy, n_e.shape[:-2] + phy.shape), axis=-1) * placement.slot_share()
 
 
 def gpu_times_from_slot_tokens(cluster: Cluster, tokens: np.ndarray) -> np.ndarray:

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vibe.cost import gpu_times_from_slot_tokens
-from vibe.errors import InputError
+from vibe.cost import gpu_times_from_slot_tokens, slot_tokens_from_expert_tokens
 from vibe.model import Cluster, ExpertLoads, Placement
-from vibe.model.traces import RoutingTrace
+from vibe.model.traces import RoutingTrace, check_trace_matches  # noqa: F401 (re-exported)
 
 DEFAULT_SAMPLES = 16
 
@@ -33,15 +32,6 @@ def load_traces(path: str | os.PathLike) -> RoutingTrace:
 
         return load_esft_trace(p)
     return RoutingTrace.load(p)
-
-
-def check_trace_matches(trace: RoutingTrace, loads: ExpertLoads, source: object = "traces") -> None:
-    """Raise InputError unless the trace routes the same layers and experts as `loads`."""
-    if trace.num_experts != loads.num_experts:
-        raise InputError(source, f"trace has {trace.num_experts} experts, loads have {loads.num_experts}")
-    if tuple(trace.layer_ids) != tuple(loads.layer_ids):
-        raise InputError(source, f"trace layer ids {list(trace.layer_ids)[:4]}... differ from the loads' "
-                                 f"{list(loads.layer_ids)[:4]}...")
 
 
 def trace_step_tokens(trace: RoutingTrace, batch_tokens: float, num_samples: int, seed: int) -> np.ndarray:
@@ -76,9 +66,7 @@ def step_gpu_times(placement: Placement, cluster: Cluster, tokens: np.ndarray) -
 
     tokens: [K, L, E] tokens per expert of each step, split over replicas as the
     placement says (evenly, or by its replica_weights)."""
-    phy = placement.physical_to_logical_map
-    slot = np.take_along_axis(tokens, np.broadcast_to(phy, tokens.shape[:1] + phy.shape), axis=2)
-    return gpu_times_from_slot_tokens(cluster, slot * placement.slot_share()[None])
+    return gpu_times_from_slot_tokens(cluster, slot_tokens_from_expert_tokens(placement, tokens))
 
 
 def step_layer_times(placement: Placement, cluster: Cluster, tokens: np.ndarray) -> np.ndarray:
@@ -87,7 +75,7 @@ def step_layer_times(placement: Placement, cluster: Cluster, tokens: np.ndarray)
 
 
 @dataclass(frozen=True)
-class StepStats:
+class SampledStepStats:
     """Per-step MoE time (sum over layers of the slowest GPU) over sampled steps, in us."""
 
     batch_tokens: float
@@ -104,9 +92,10 @@ class StepStats:
 
 def expected_step_time(placement: Placement, loads: ExpertLoads, cluster: Cluster, batch_tokens: float,
                        num_samples: int = DEFAULT_SAMPLES, seed: int = 0,
-                       trace: RoutingTrace | None = None) -> StepStats:
+                       trace: RoutingTrace | None = None) -> SampledStepStats:
     """Expected per-step MoE time of `placement` at operating point `batch_tokens`."""
     per_step = step_layer_times(placement, cluster, step_tokens(loads, batch_tokens, num_samples, seed, trace))
     total = per_step.sum(axis=1)
-    return StepStats(float(batch_tokens), int(num_samples), float(total.mean()), float(np.percentile(total, 50)),
-                     float(np.percentile(total, 95)), "trace" if trace is not None else "multinomial")
+    return SampledStepStats(float(batch_tokens), int(num_samples), float(total.mean()),
+                            float(np.percentile(total, 50)), float(np.percentile(total, 95)),
+                            "trace" if trace is not None else "multinomial")

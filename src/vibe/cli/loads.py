@@ -105,7 +105,7 @@ def _import_esft(args: argparse.Namespace, moe_layers) -> tuple[ExpertLoads, Rou
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from vibe.workload import max_over_mean
+    from vibe.loadstats import max_over_mean
 
     loads, trace = import_loads(args)
     if args.format == "trtllm" and args.num_experts is None and args.placement is None:
@@ -134,7 +134,7 @@ def read_profile(path: str) -> tuple[ExpertLoads, RoutingTrace | None]:
 
 
 def profile_stats(loads: ExpertLoads, trace: RoutingTrace | None, pairs: int) -> dict:
-    from vibe.workload import coactivation, layer_skew, top_pairs
+    from vibe.loadstats import coactivation, layer_skew, top_pairs
 
     skew = layer_skew(loads)
     out = {"model": loads.model, "top_k": loads.top_k, "num_experts": loads.num_experts,
@@ -173,7 +173,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from vibe.workload import compare_loads
+    from vibe.loadstats import compare_loads
 
     a, _ = read_profile(args.a)
     b, _ = read_profile(args.b)

@@ -28,8 +28,8 @@ def register(cli) -> None:
 
 
 def cmd_profile_loads(args: argparse.Namespace) -> int:
-    from vibe.profile.workload import load_model, read_dataset, record_routing, tokenize
-    from vibe.workload import max_over_mean
+    from vibe.profile.routing import load_model, read_dataset, record_routing, tokenize
+    from vibe.loadstats import max_over_mean
 
     for name in ("max_tokens", "batch_size"):
         if getattr(args, name) < 1:

@@ -121,7 +121,7 @@ def _bar(label: str, total: int | None = None):
 def cmd_simulate(args: argparse.Namespace) -> int:
     from vibe.sim.hardware import check_hardware
     from vibe.sim.sweep import run_point
-    from vibe.sim.workload import check_qps
+    from vibe.sim.requests import check_qps
 
     cluster, loads = _inputs(args)
     placement = Placement.load(args.placement)
@@ -160,7 +160,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from vibe.sim.hardware import check_hardware
     from vibe.sim.report import write_report
     from vibe.sim.sweep import run_sweep
-    from vibe.sim.workload import check_qps
+    from vibe.sim.requests import check_qps
 
     if args.ray_address:
         import importlib.util

@@ -9,7 +9,7 @@ import numpy as np
 from vibe.cli._common import console
 from vibe.errors import VibeError
 from vibe.synth import MODEL_PRESETS, SCENARIOS, synth_cluster, synth_loads, synth_loads_for_model
-from vibe.workload.stats import max_over_mean
+from vibe.loadstats.stats import max_over_mean
 
 
 def register(cli) -> None:

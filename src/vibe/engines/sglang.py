@@ -34,11 +34,6 @@ def placement_to_sglang(placement: Placement, num_hidden_layers: int | None = No
     return {"physical_to_logical_map": full.tolist()}
 
 
-def write_sglang_placement(placement: Placement, path: str | os.PathLike,
-                           num_hidden_layers: int | None = None) -> None:
-    write_json_atomic(path, placement_to_sglang(placement, num_hidden_layers))
-
-
 # ---- expert distribution recorder dumps (loads import) and logical_count export --------
 # Dumps are torch.save'd dicts read with torch.load(weights_only=True) only: a file that
 # holds anything but tensors, numbers, strings and containers is refused unread.

@@ -21,7 +21,7 @@ import yaml
 
 from vibe.engines.plain import RawCounts, check_counts, fold_slot_counts, merge_raw
 from vibe.errors import InputError, VibeError
-from vibe.io import read_json, write_text_atomic
+from vibe.io import read_json
 from vibe.model import ExpertLoads, Placement
 
 
@@ -75,11 +75,6 @@ def placement_to_trtllm(placement: Placement, num_hidden_layers: int | None = No
 def trtllm_placement_yaml(placement: Placement, num_hidden_layers: int | None = None, mtp_layers: int = 0) -> str:
     return yaml.safe_dump(placement_to_trtllm(placement, num_hidden_layers, mtp_layers), default_flow_style=None,
                           sort_keys=False, width=1 << 20)
-
-
-def write_trtllm_placement(placement: Placement, path: str | os.PathLike, num_hidden_layers: int | None = None,
-                           mtp_layers: int = 0) -> None:
-    write_text_atomic(path, trtllm_placement_yaml(placement, num_hidden_layers, mtp_layers))
 
 
 # ---- EXPERT_STATISTIC_PATH dumps (loads import) -----------------------------------------

@@ -171,6 +171,19 @@ def _validate(t: RoutingTrace, source: object) -> None:
         raise InputError(source, f"{len(t.layer_ids)} layer_ids for {ex.shape[0]} layers")
 
 
+def check_trace_matches(trace: RoutingTrace, other, source: object = "routing trace") -> None:
+    """Raise InputError unless `trace` routes the same MoE layers (count and ids) and the
+    same number of experts as `other`, an ExpertLoads or a Placement."""
+    what = "placement" if hasattr(other, "num_logical_experts") else "loads"
+    E = other.num_logical_experts if what == "placement" else other.num_experts
+    if (trace.num_layers, trace.num_experts) != (other.num_layers, E):
+        raise InputError(source, f"is for {trace.num_layers} layers x {trace.num_experts} experts, "
+                                 f"the {what} for {other.num_layers} x {E}")
+    if tuple(trace.layer_ids) != tuple(other.layer_ids):
+        raise InputError(source, f"trace layer ids {list(trace.layer_ids)[:4]}... differ from the {what}'s "
+                                 f"{list(other.layer_ids)[:4]}...")
+
+
 def _count_routings(experts: np.ndarray, num_experts: int) -> np.ndarray:
     """experts [L, T, k] expert ids -> [L, E] int64 routings per layer and expert."""
     L = experts.shape[0]

@@ -298,7 +298,7 @@ def _best_swaps(costs, w, item_expert, item_gpu, T, has, r, scale, norm, num_par
     for q in np.argsort(k1, axis=1, kind="stable").T:
         j = j1[rows, q]
         g_q, h_q = gc[rows, q], h[rows, j % Nb]
-        take = np.isfinite(k1[rows, q]) & ~used[rows, g_q] & ~used[rows, h_q]
+        take = (k1[rows, q] < np.inf) & ~used[rows, g_q] & ~used[rows, h_q]  # -inf: the best improving swap
         t = rows[take]
         out_a[t, q[take]] = a_items[t, q[take], j[take] // Nb]
         out_b[t, q[take]] = b_items[t, j[take] % Nb]

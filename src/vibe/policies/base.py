@@ -6,7 +6,7 @@ with `@register_policy("name")`; the package imports every module here at start-
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from vibe.cost import DEFAULT_BATCH_TOKENS
 from vibe.errors import VibeError
@@ -78,7 +78,3 @@ def slots_per_gpu(loads: ExpertLoads, cluster: Cluster, options: PlacementOption
         raise VibeError(f"{loads.num_experts} experts + {options.redundant} redundant = {num_slots} slots "
                         f"cannot be split evenly over {G} GPUs (use --redundant {lo}, {lo + G}, ...)")
     return num_slots // G
-
-
-def layer_ids_of(loads: ExpertLoads) -> Sequence[int]:
-    return loads.layer_ids

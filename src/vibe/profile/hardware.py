@@ -25,7 +25,6 @@ torch is imported inside these functions only: the data and cost models never ne
 from __future__ import annotations
 
 import math
-import os
 import queue as queue_mod
 import time
 from dataclasses import asdict, dataclass
@@ -496,10 +495,3 @@ def relative_speed(cluster: Cluster) -> np.ndarray:
 
 def default_tokens(devices: list[str]) -> tuple[int, ...]:
     return DEFAULT_CPU_TOKENS if devices == ["cpu"] else DEFAULT_GPU_TOKENS
-
-
-def threads_note() -> str:
-    """How many CPU threads torch uses (the CPU profile depends on it)."""
-    import torch
-
-    return f"{torch.get_num_threads()} torch threads of {os.cpu_count()} logical cores"

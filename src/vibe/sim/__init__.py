@@ -1,7 +1,7 @@
 """Serving simulator: what a placement does to TTFT, TPOT and SLO attainment.
 
 Structured like Vidur, each part in its own module and replaceable:
-  workload.py   request arrivals (Azure traces rescaled to a QPS, or Poisson)
+  requests.py   request arrivals (Azure traces rescaled to a QPS, or Poisson)
   scheduler.py  continuous batching with chunked prefill (vLLM-like, FCFS)
   predictor.py  step time = non-expert roofline + all-to-all + the cost model on the
                 step's routed tokens (each MoE layer waits for its slowest GPU)
@@ -17,7 +17,7 @@ from vibe.sim.hardware import HardwareModel
 from vibe.sim.models import PRESETS, ModelSpec, model_for_loads, resolve_model
 from vibe.sim.predictor import GpuSpec, Predictor
 from vibe.sim.scheduler import SchedulerConfig
-from vibe.sim.workload import Workload, poisson_workload, read_azure_trace, rescale
+from vibe.sim.requests import Workload, poisson_workload, read_azure_trace, rescale
 
 __all__ = ["simulate", "summarize", "SimResult", "HardwareModel", "PRESETS", "ModelSpec", "model_for_loads",
            "resolve_model", "GpuSpec", "Predictor", "SchedulerConfig", "Workload", "poisson_workload",

@@ -18,7 +18,7 @@ from vibe.sim.hardware import HardwareModel, plan_drift, speed_factors, static_s
 from vibe.sim.models import ModelSpec, check_model_matches
 from vibe.sim.predictor import GpuSpec, Predictor, make_router
 from vibe.sim.scheduler import Scheduler, SchedulerConfig
-from vibe.sim.workload import Workload
+from vibe.sim.requests import Workload
 
 _HIST_EDGES_MS = np.geomspace(0.1, 1e5, 121)  # step-time histogram bins, 0.1 ms .. 100 s
 

@@ -25,8 +25,9 @@ from typing import Callable
 import numpy as np
 
 from vibe.cost import expert_time_us, gpu_times_from_slot_tokens
-from vibe.errors import InputError, VibeError
+from vibe.errors import VibeError
 from vibe.model import Cluster, ExpertLoads, Placement, RoutingTrace
+from vibe.model.traces import check_trace_matches
 from vibe.sim.models import ModelSpec, check_model_matches
 
 
@@ -121,12 +122,6 @@ def make_router(loads: ExpertLoads, placement: Placement, trace: RoutingTrace | 
         return profile_router(loads)
     check_trace_matches(trace, placement)
     return trace_router(trace)
-
-
-def check_trace_matches(trace: RoutingTrace, placement: Placement, source: object = "routing trace") -> None:
-    if (trace.num_layers, trace.num_experts) != (placement.num_layers, placement.num_logical_experts):
-        raise InputError(source, f"is for {trace.num_layers} layers x {trace.num_experts} experts, "
-                                 f"the placement for {placement.num_layers} x {placement.num_logical_experts}")
 
 
 # ---- the predictor -------------------------------------------------------------------

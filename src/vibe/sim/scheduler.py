@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vibe.errors import VibeError
-from vibe.sim.workload import Workload
+from vibe.sim.requests import Workload
 
 
 @dataclass(frozen=True)

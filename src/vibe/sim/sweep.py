@@ -21,7 +21,7 @@ from vibe.sim.hardware import HardwareModel
 from vibe.sim.models import ModelSpec
 from vibe.sim.predictor import GpuSpec, Predictor, expected_router, load_routing_trace
 from vibe.sim.scheduler import SchedulerConfig
-from vibe.sim.workload import Workload, check_qps, poisson_workload, read_azure_trace, rescale
+from vibe.sim.requests import Workload, check_qps, poisson_workload, read_azure_trace, rescale
 
 
 @dataclass(frozen=True)

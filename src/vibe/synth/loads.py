@@ -18,22 +18,25 @@ import numpy as np
 
 from vibe.errors import VibeError
 from vibe.model import ExpertLoads
-from vibe.workload.stats import max_over_mean
+from vibe.sim.models import PRESETS as SIM_PRESETS
+from vibe.loadstats.stats import max_over_mean
 
 PEAK_RANGE = (3.0, 8.0)  # busiest expert over the mean, per layer
 PEAK_MEDIAN = 4.0  # ESFT layers: median 3.3-4.4 by domain
 PEAK_SIGMA = 0.3  # log-spread of the per-layer peak around its median
 PROFILED_TOKENS = 8192  # tokens in the profiled window (ESFT: ~8.2k per domain)
 
-# name -> (MoE layers, routed experts, top_k, first MoE decoder layer), from the models' configs.
-MODEL_PRESETS: dict[str, tuple[int, int, int, int]] = {
-    "deepseek-v3": (58, 256, 8, 3),
+# name -> (MoE layers, routed experts, top_k, first MoE decoder layer): the simulator's
+# presets (vibe.sim.models, the one place a model's shape is stated), plus the shapes of
+# models the simulator has no full preset for, from their configs.
+_SHAPE_ONLY: dict[str, tuple[int, int, int, int]] = {
     "deepseek-v2": (59, 160, 6, 1),
-    "deepseek-v2-lite": (26, 64, 6, 1),
     "qwen3-30b-a3b": (48, 128, 8, 0),
-    "qwen3-235b-a22b": (94, 128, 8, 0),
     "gpt-oss-120b": (36, 128, 4, 0),
-    "mixtral-8x7b": (32, 8, 2, 0),
+}
+MODEL_PRESETS: dict[str, tuple[int, int, int, int]] = {
+    **{name: (m.num_moe_layers, m.num_experts, m.top_k, min(m.moe_layer_ids)) for name, m in SIM_PRESETS.items()},
+    **_SHAPE_ONLY,
 }
 _MODEL_NAMES = {"deepseek-v3": "DeepSeek-V3", "deepseek-v2": "DeepSeek-V2", "deepseek-v2-lite": "DeepSeek-V2-Lite",
                 "qwen3-30b-a3b": "Qwen3-30B-A3B", "qwen3-235b-a22b": "Qwen3-235B-A22B",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vibe.errors import InputError, VibeError
-from vibe.sim.workload import poisson_workload, read_azure_trace, rescale
+from vibe.sim.requests import poisson_workload, read_azure_trace, rescale
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
-"""Workload profiles: statistics of expert loads and routing traces, and drift between them."""
+"""Load statistics: statistics of expert loads and routing traces, and drift between them."""
 
-from vibe.workload.stats import (coactivation, compare_loads, cosine_distance, entropy, gini,
+from vibe.loadstats.stats import (coactivation, compare_loads, cosine_distance, entropy, gini,
                                  layer_skew, max_over_mean, top_pairs, tv_distance)
 
 __all__ = ["coactivation", "compare_loads", "cosine_distance", "entropy", "gini", "layer_skew",

@@ -14,7 +14,7 @@ from hypothesis.extra.numpy import arrays
 
 from vibe.cli import main
 from vibe.model import ExpertLoads
-from vibe.workload import coactivation, compare_loads, cosine_distance, entropy, gini, max_over_mean, top_pairs, tv_distance
+from vibe.loadstats import coactivation, compare_loads, cosine_distance, entropy, gini, max_over_mean, top_pairs, tv_distance
 
 
 def test_extremes():
