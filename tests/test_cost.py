@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import vibe.bounds as bounds
 import vibe.cost as cost
 from vibe.model import Cluster, ExpertLoads, GpuProfile, Placement
 from vibe.policies import PlacementOptions, available_policies, place
@@ -254,7 +255,7 @@ def test_small_layers_stay_exact_on_real_esft_loads(esft_loads, monkeypatch):
     def fail(*_a, **_k):
         raise AssertionError("Lagrangian used on a small layer")
 
-    monkeypatch.setattr(cost, "lagrangian_lower_bounds", fail)
+    monkeypatch.setattr(bounds, "lagrangian_lower_bounds", fail)
     loads = esft_loads.select_layers(range(0, 26, 5))
     for G in (8, 16):
         cluster = synth_cluster(G, scenario="power-cap", seed=1)
@@ -270,7 +271,7 @@ def test_bound_skips_layers_it_cannot_raise(monkeypatch):
     """When the even split already meets the hottest-expert bound, no LP is solved."""
     costs, over = medium_instance(64, 8, "fleet", 8192.0)
     known = (over + costs.sum(axis=1) / 8).max(axis=1)  # exactly the even split's time
-    monkeypatch.setattr(cost, "lp_lower_bound", lambda *a: pytest.fail("LP solved"))
+    monkeypatch.setattr(bounds, "lp_lower_bound", lambda *a: pytest.fail("LP solved"))
     assert np.array_equal(cost.lp_bounds(costs, over, 8, known=known), known)
 
 
