@@ -318,3 +318,19 @@ def test_default_weights_are_chosen_in_one_visible_place():
     assert cost.default_weights((8192.0,)).tolist() == [1.0]
     assert cost.normalize_weights(cost.DEFAULT_BATCH_TOKENS, None).tolist() == [0.7, 0.3]
     assert cost.normalize_weights((1.0, 2.0, 3.0), None) == pytest.approx([1 / 3] * 3)
+
+
+def test_default_operating_points_scale_with_ep_size():
+    assert cost.default_batch_tokens(8) == (8192.0, 256.0) == tuple(float(b) for b in cost.DEFAULT_BATCH_TOKENS)
+    assert cost.default_batch_tokens(64) == (65536.0, 2048.0)
+    for G in (8, 64, 256):  # the default weights follow the default points at every EP size
+        assert np.allclose(cost.default_weights(cost.default_batch_tokens(G)), cost.DEFAULT_WEIGHTS)
+    assert np.allclose(cost.default_weights((65536.0, 256.0)), (0.5, 0.5))
+    assert np.allclose(cost.default_weights((2048.0, 65536.0)), (0.5, 0.5))
+
+
+def test_bounds_moved_but_still_reachable_from_cost():
+    assert cost.layer_lower_bounds is bounds.layer_lower_bounds
+    assert cost.LP_EXACT_MAX_VARS == bounds.LP_EXACT_MAX_VARS
+    with pytest.raises(AttributeError):
+        cost.no_such_function
