@@ -584,12 +584,12 @@ def solve_placement(loads: ExpertLoads, cluster: Cluster, options, policy: str,
     if solve is None:
         restarts = int(options.extras.get("restarts", DEFAULT_RESTARTS))
         item_gpu = solve_rows(costs, w, items, overhead, S, restarts, options.seed)
-        if Gr == cluster.num_gpus:  # flat rows: EPLB's plan is a start too
-            count, items, item_gpu = best_of_starts(
-                cluster, row_gpus, row_tokens, w, overhead, S,
-                [(count, items, item_gpu), *eplb_starts(loads, cluster, S, row_tokens, w, overhead)])
     else:
         item_gpu = solve(costs, w, items, overhead, S)
+    if Gr == cluster.num_gpus:  # flat rows: EPLB's plan is a start too
+        count, items, item_gpu = best_of_starts(
+            cluster, row_gpus, row_tokens, w, overhead, S,
+            [(count, items, item_gpu), *eplb_starts(loads, cluster, S, row_tokens, w, overhead)])
     if options.robust:
         tokens, w = sampled_steps(loads, options)
         costs = replica_costs(cluster, row_gpus, tokens[:, row_layer[:, None], row_experts], count)
