@@ -35,7 +35,8 @@ import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.progress import Progress  # noqa: E402
 
-from vibe.cost import evaluate, layer_lower_bounds  # noqa: E402
+from vibe.bounds import layer_lower_bounds  # noqa: E402
+from vibe.cost import evaluate  # noqa: E402
 from vibe.engines.esft import load_esft_loads  # noqa: E402
 from vibe.io import atomic_path, write_text_atomic  # noqa: E402
 from vibe.policies import PlacementOptions, place  # noqa: E402

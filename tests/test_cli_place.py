@@ -199,3 +199,17 @@ def test_unwritable_output_is_a_one_line_error(files, capsys, where):
     rc, text, err = run(place_args(cluster, loads, out, "--policy", "linear"), capsys)
     assert_refused(rc, text, err, out)
     assert sorted(p.name for p in tmp.iterdir()) == ["cluster.json", "loads.json"]
+
+
+def test_operating_points_in_tokens_per_gpu(files, capsys):
+    tmp, cluster, loads = files
+    out = tmp / "plan.json"
+    assert run(place_args(cluster, loads, out, "--tokens-per-gpu", 128), capsys)[0] == 0
+    ev = ["evaluate", "--cluster", cluster, "--loads", loads, "--placement", out, "--no-lower-bound", "--json"]
+    rc, text, _ = run(ev + ["--tokens-per-gpu", 128, 4], capsys)
+    assert rc == 0 and [p["batch_tokens"] for p in json.loads(text)["operating_points"]] == [1024, 32]
+    rc, text, _ = run(ev, capsys)  # defaults: 1024 and 32 tokens per GPU on these 8 GPUs, weighted 0.7 / 0.3
+    points = json.loads(text)["operating_points"]
+    assert [p["batch_tokens"] for p in points] == [8192, 256] and [p["weight"] for p in points] == [0.7, 0.3]
+    with pytest.raises(SystemExit):  # one way to give the points, not both
+        run(ev + ["--tokens-per-gpu", 128, "--batch-tokens", 1024], capsys)

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import vibe.bounds as bounds
 import vibe.cost as cost
 from vibe.model import Cluster, ExpertLoads, GpuProfile, Placement
 from vibe.policies import PlacementOptions, available_policies, place
@@ -254,7 +255,7 @@ def test_small_layers_stay_exact_on_real_esft_loads(esft_loads, monkeypatch):
     def fail(*_a, **_k):
         raise AssertionError("Lagrangian used on a small layer")
 
-    monkeypatch.setattr(cost, "lagrangian_lower_bounds", fail)
+    monkeypatch.setattr(bounds, "lagrangian_lower_bounds", fail)
     loads = esft_loads.select_layers(range(0, 26, 5))
     for G in (8, 16):
         cluster = synth_cluster(G, scenario="power-cap", seed=1)
@@ -270,7 +271,7 @@ def test_bound_skips_layers_it_cannot_raise(monkeypatch):
     """When the even split already meets the hottest-expert bound, no LP is solved."""
     costs, over = medium_instance(64, 8, "fleet", 8192.0)
     known = (over + costs.sum(axis=1) / 8).max(axis=1)  # exactly the even split's time
-    monkeypatch.setattr(cost, "lp_lower_bound", lambda *a: pytest.fail("LP solved"))
+    monkeypatch.setattr(bounds, "lp_lower_bound", lambda *a: pytest.fail("LP solved"))
     assert np.array_equal(cost.lp_bounds(costs, over, 8, known=known), known)
 
 
@@ -317,3 +318,19 @@ def test_default_weights_are_chosen_in_one_visible_place():
     assert cost.default_weights((8192.0,)).tolist() == [1.0]
     assert cost.normalize_weights(cost.DEFAULT_BATCH_TOKENS, None).tolist() == [0.7, 0.3]
     assert cost.normalize_weights((1.0, 2.0, 3.0), None) == pytest.approx([1 / 3] * 3)
+
+
+def test_default_operating_points_scale_with_ep_size():
+    assert cost.default_batch_tokens(8) == (8192.0, 256.0) == tuple(float(b) for b in cost.DEFAULT_BATCH_TOKENS)
+    assert cost.default_batch_tokens(64) == (65536.0, 2048.0)
+    for G in (8, 64, 256):  # the default weights follow the default points at every EP size
+        assert np.allclose(cost.default_weights(cost.default_batch_tokens(G)), cost.DEFAULT_WEIGHTS)
+    assert np.allclose(cost.default_weights((65536.0, 256.0)), (0.5, 0.5))
+    assert np.allclose(cost.default_weights((2048.0, 65536.0)), (0.5, 0.5))
+
+
+def test_bounds_moved_but_still_reachable_from_cost():
+    assert cost.layer_lower_bounds is bounds.layer_lower_bounds
+    assert cost.LP_EXACT_MAX_VARS == bounds.LP_EXACT_MAX_VARS
+    with pytest.raises(AttributeError):
+        cost.no_such_function

@@ -11,7 +11,7 @@ import pytest
 from vibe.cli import main
 from vibe.cost import gpu_times
 from vibe.errors import InputError
-from vibe.model import ExpertLoads
+from vibe.model import Cluster, ExpertLoads
 from vibe.model.traces import RoutingTrace
 from vibe.policies import PlacementOptions, place
 from vibe.stochastic import (check_trace_matches, expected_step_time, multinomial_step_tokens, step_layer_times,
@@ -97,7 +97,10 @@ def test_cli_place_robust_split_and_evaluate_traces(files, capsys):
     rc = main(["evaluate", "--cluster", files["cluster.json"], "--loads", files["loads.json"], "--placement",
                files["plan.json"], "--traces", files["trace.npz"], "--samples", "4", "--json", "--no-lower-bound"])
     res = json.loads(capsys.readouterr().out)
-    assert rc == 0 and [s["batch_tokens"] for s in res["per_step"]] == [8192, 256]
+    from vibe.cost import default_batch_tokens  # the CLI's defaults scale with the EP size
+
+    G = Cluster.load(files["cluster.json"]).num_gpus
+    assert rc == 0 and [s["batch_tokens"] for s in res["per_step"]] == list(default_batch_tokens(G))
     assert all(s["mean_us"] > 0 and s["source"] == "trace" for s in res["per_step"])
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from vibe.cli._common import add_operating_points, console, fmt_us
+from vibe.cli._common import add_operating_points, console, fmt_us, operating_points
 from vibe.cost import evaluate, normalize_weights, weighted_moe_time
 from vibe.errors import VibeError
 from vibe.model import Cluster, ExpertLoads, Placement
@@ -64,7 +64,7 @@ def register(cli) -> None:
     e.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
-def options_from_args(args: argparse.Namespace) -> PlacementOptions:
+def options_from_args(args: argparse.Namespace, num_gpus: int) -> PlacementOptions:
     extras = {}
     if getattr(args, "traces", None):
         extras["traces_path"] = args.traces
@@ -73,7 +73,7 @@ def options_from_args(args: argparse.Namespace) -> PlacementOptions:
             raise VibeError("--samples must be >= 1")
         extras["robust_samples"] = args.samples
     return PlacementOptions(redundant=args.redundant, num_groups=args.num_groups,
-                            batch_tokens=tuple(args.batch_tokens),
+                            batch_tokens=operating_points(args, num_gpus),
                             weights=None if args.weights is None else tuple(args.weights),
                             seed=args.seed, split=args.split, robust=args.robust or bool(extras.get("traces_path")),
                             time_limit_s=args.time_limit, extras=extras)
@@ -105,7 +105,7 @@ def cmd_place(args: argparse.Namespace) -> int:
 
     cluster = Cluster.load(args.cluster)
     loads = ExpertLoads.load(args.loads)
-    options = options_from_args(args)
+    options = options_from_args(args, cluster.num_gpus)
     if options.weights is not None:
         normalize_weights(options.batch_tokens, options.weights)
     if args.traces:  # read once here: bad traces fail before any solving, with the file named
@@ -173,9 +173,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.samples < 1:
         raise VibeError("--samples must be >= 1")
     trace = read_traces(args.traces, loads) if args.traces else None
-    points = evaluate(placement, loads, cluster, args.batch_tokens, args.weights,
+    batch_tokens = operating_points(args, cluster.num_gpus)
+    points = evaluate(placement, loads, cluster, batch_tokens, args.weights,
                       with_lower_bound=not args.no_lower_bound)
-    steps = step_stats(placement, loads, cluster, args.batch_tokens, args.samples, args.seed, trace) if trace else None
+    steps = step_stats(placement, loads, cluster, batch_tokens, args.samples, args.seed, trace) if trace else None
     if args.json:
         out = {"policy": placement.policy, "num_gpus": cluster.num_gpus,
                "num_slots": placement.num_slots,

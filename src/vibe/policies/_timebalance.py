@@ -185,16 +185,24 @@ def local_search(costs: np.ndarray, weights: np.ndarray, item_expert: np.ndarray
     scale = np.maximum(objective(T, weights), 1e-12)  # [X] for tolerances
     norm = np.maximum(T.max(axis=2), 1e-12)  # [K, X] fixed normaliser of psi
     active = np.arange(X)
-    few = min(G - 1, PARTNER_GPUS)
-    for _ in range(max_rounds or 20 * item_expert.shape[1] + 100):
-        if active.size == 0:
+    S = item_expert.shape[1] // G
+    # Many slots per GPU make a round expensive (it scores S x partners*S swaps per
+    # critical GPU): fewer partners then, and a deterministic cap on the swaps scored in
+    # all, which bounds the solve time; the first rounds take nearly all of the gain.
+    few = min(G - 1, PARTNER_GPUS, max(2, PARTNER_ITEMS // S))
+    pairs = K * (K + CRITICAL_GPUS) * S * S  # swaps scored per row and partner GPU
+    spent = 0
+    for rnd in range(max_rounds or 20 * item_expert.shape[1] + 100):
+        if active.size == 0 or (rnd >= MIN_ROUNDS and spent >= SWAP_BUDGET):
             break
         swaps = _best_swaps(costs, weights, item_expert, item_gpu, T, has, active, scale, norm, few, plateau)
+        spent += active.size * pairs * (few + 1)
         stuck = (swaps[0] < 0).all(axis=1)
         if few < G - 1 and G <= FULL_SEARCH_GPUS and stuck.any():
             full = _best_swaps(costs, weights, item_expert, item_gpu, T, has, active[stuck], scale, norm,
                                G - 1, plateau)
             swaps[0][stuck], swaps[1][stuck] = full
+            spent += int(stuck.sum()) * pairs * G
         moved = (swaps[0] >= 0).any(axis=1)
         for q in range(swaps[0].shape[1]):
             ok = swaps[0][:, q] >= 0
@@ -204,6 +212,9 @@ def local_search(costs: np.ndarray, weights: np.ndarray, item_expert: np.ndarray
 
 
 PARTNER_GPUS = 8  # least-loaded GPUs searched for a swap partner
+PARTNER_ITEMS = 64  # ... fewer when they hold more items than this in all
+SWAP_BUDGET = 3_000_000  # swaps scored per local search, at most: bounds the solve time (~0.3 us each)
+MIN_ROUNDS = 2  # rounds granted whatever the budget
 CRITICAL_GPUS = 4  # busiest GPUs that look for a partner in each round
 FULL_SEARCH_GPUS = 32  # up to this EP size a row stops only at a full-neighbourhood optimum
 PSI_SQUARINGS = 6  # psi uses (T / M0)^(2^6): how sharply it singles out the busiest GPUs
@@ -416,6 +427,58 @@ def slot_layout(item_expert: np.ndarray, item_gpu: np.ndarray, num_gpus: int) ->
     return np.take_along_axis(item_expert, order, axis=1).reshape(X, num_gpus, N // num_gpus)
 
 
+# ---- more starts: EPLB's plan -------------------------------------------------------
+def eplb_starts(loads: ExpertLoads, cluster: Cluster, slots_per_gpu: int, tokens: np.ndarray,
+                weights: np.ndarray, overhead: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Starts built from EPLB's global plan (flat rows: row x = layer x, all GPUs).
+
+    EPLB's plan itself, improved by the local search: the result is never worse than
+    EPLB under the cost model (the search only takes swaps that do not raise the
+    objective), whatever the replica proxy of allocate_replicas gets wrong.
+    tokens: [K, L, E]. Returns [(count [L, E], item_expert [L, N], item_gpu [L, N])].
+    """
+    from vibe.policies.eplb import rebalance_experts  # deferred: eplb imports the policy registry
+
+    G = cluster.num_gpus
+    phy2log, _, count = rebalance_experts(loads.counts, G * slots_per_gpu, 1, 1, G)
+    gpu = np.broadcast_to(np.arange(phy2log.shape[1]) // slots_per_gpu, phy2log.shape).copy()
+    costs = replica_costs(cluster, np.tile(np.arange(G), (loads.num_layers, 1)), tokens, count)
+    # EPLB may put two replicas of one expert on a GPU; vibe never does unless forced,
+    # so such a start is repaired first (the guarantee then holds against the repaired plan).
+    gpu = repair_duplicates(costs, weights, phy2log, gpu, overhead)
+    return [(count, phy2log, local_search(costs, weights, phy2log, gpu, overhead))]
+
+
+def duplicates(item_expert: np.ndarray, item_gpu: np.ndarray, num_experts: int) -> np.ndarray:
+    """[X] extra replicas of an expert on a GPU that already holds it. item_*: [X, N]."""
+    X = item_expert.shape[0]
+    key = (np.arange(X)[:, None] * (item_gpu.max(initial=0) + 1) + item_gpu) * num_experts + item_expert
+    key = np.sort(key, axis=1)
+    return (np.diff(key, axis=1) == 0).sum(axis=1)
+
+
+def best_of_starts(cluster: Cluster, row_gpus: np.ndarray, tokens: np.ndarray, weights: np.ndarray,
+                   overhead: np.ndarray, slots_per_gpu: int,
+                   starts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row, the start (count [X, E], item_expert [X, N], item_gpu [X, N]) with the
+    lowest weighted makespan among those with no more doubled experts than the first;
+    ties keep the earlier start. tokens: [K, X, E]."""
+    best = None
+    for count, items, gpu in starts:
+        costs = replica_costs(cluster, row_gpus, tokens, count)
+        f = objective(gpu_times(costs, items, gpu, overhead), weights)
+        dup = duplicates(items, gpu, count.shape[1])
+        if best is None:
+            best, dup0 = [count.copy(), items.copy(), gpu.copy(), f], dup
+            continue
+        f = np.where(dup > dup0, np.inf, f)  # no more doubled experts on a GPU than the first start
+        take = f < best[3] * (1 - 1e-12)
+        best[0][take], best[1][take], best[2][take], best[3] = count[take], items[take], gpu[take], \
+            np.minimum(f, best[3])
+    return best[0], best[1], best[2]
+
+
 # ---- problem set-up shared by `vibe` and `exact` -------------------------------------
 def point_weights(batch_tokens, weights) -> np.ndarray:
     """[K] normalized weights of the operating points (vibe.cost's defaults when None)."""
@@ -514,15 +577,19 @@ def solve_placement(loads: ExpertLoads, cluster: Cluster, options, policy: str,
     row_layer, row_gpus, row_experts = layer_rows(loads, cluster, options, tokens, w)
     Gr = row_gpus.shape[1]
     row_tokens = tokens[:, row_layer[:, None], row_experts]  # [K, X, E']
+    overhead = cluster.overhead_us[row_gpus]
     count = allocate_replicas(cluster, row_tokens, w, Gr, Gr * S)
     items = items_of(count)
     costs = replica_costs(cluster, row_gpus, row_tokens, count)
-    overhead = cluster.overhead_us[row_gpus]
     if solve is None:
         restarts = int(options.extras.get("restarts", DEFAULT_RESTARTS))
         item_gpu = solve_rows(costs, w, items, overhead, S, restarts, options.seed)
     else:
         item_gpu = solve(costs, w, items, overhead, S)
+    if Gr == cluster.num_gpus:  # flat rows: EPLB's plan is a start too
+        count, items, item_gpu = best_of_starts(
+            cluster, row_gpus, row_tokens, w, overhead, S,
+            [(count, items, item_gpu), *eplb_starts(loads, cluster, S, row_tokens, w, overhead)])
     if options.robust:
         tokens, w = sampled_steps(loads, options)
         costs = replica_costs(cluster, row_gpus, tokens[:, row_layer[:, None], row_experts], count)

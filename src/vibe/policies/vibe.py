@@ -7,12 +7,14 @@ layer barrier together. Steps (all in `_timebalance`, vectorized over layers):
 1. replicas (--redundant R): each extra slot goes to the expert whose extra replica
    lowers the predicted time most (not the most tokens), at most one replica per GPU;
 2. construction: largest cost first, onto the GPU whose finish time grows least;
-3. local search: best swap between a critical GPU and any other until none gains;
-   optional seeded restarts (`extras["restarts"]`) kept only where they pay;
+3. local search: best swap between a critical GPU and any other until none gains (or
+   a swap budget is spent); optional seeded restarts (`extras["restarts"]`) kept only
+   where they pay; the same search also starts from EPLB's plan, and per layer the
+   better plan is kept, so vibe is never slower than eplb under the cost model;
 4. --split speed: replica_weights that give faster GPUs a larger share.
 
 The objective is the weighted sum of makespans over the operating points (default
-8192 and 256 tokens weighted 0.7 / 0.3), or with --robust the expected per-step
+8192 and 256 tokens weighted 0.7 / 0.3; the CLI scales them by the EP size), or with --robust the expected per-step
 makespan over re-sampled batches. --num-groups keeps expert groups inside a node.
 """
 

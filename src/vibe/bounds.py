@@ -1,0 +1,341 @@
+"""Lower bounds on a layer's time under the cost model of `vibe.cost`.
+
+`layer_lower_bounds(loads, cluster, B, num_slots) -> [L]`: for every layer a time no
+placement with `num_slots` slots per layer can beat, the maximum of the bounds that
+apply (docs/cost-model.md proves each one). Plans with replicas get the fluid,
+active-slots and slot-work bounds; plans without replicas also the LP relaxation of the
+assignment (HiGHS, or its Lagrangian dual on big layers), the hottest-expert and the
+cheapest-slots bounds.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from vibe.cost import expert_cost_matrix, expert_time_us
+from vibe.errors import VibeError
+from vibe.model import Cluster, ExpertLoads
+
+# --------------------------------------------------------------------
+# HiGHS solves the LP exactly while E x (distinct GPU kinds) stays below this many
+# variables (ESFT: 64 experts x 16 GPUs); bigger layers use the Lagrangian dual below.
+LP_EXACT_MAX_VARS = 2048
+
+
+def gpu_kinds(costs: np.ndarray, overhead_us: np.ndarray) -> np.ndarray:
+    """[G] kind of each GPU: GPUs with identical cost columns and overheads share one.
+
+    costs: [E, G]. Interchangeable GPUs let the LP merge their columns (see lp_lower_bound).
+    """
+    cols = np.vstack([np.asarray(costs, dtype=np.float64), np.asarray(overhead_us, dtype=np.float64)[None, :]])
+    return np.unique(cols.T, axis=0, return_inverse=True)[1].ravel()
+
+
+def lp_lower_bound(costs: np.ndarray, overhead_us: np.ndarray, slots_per_gpu: int) -> float:
+    """LP relaxation of one layer's no-replica assignment, solved exactly with HiGHS.
+
+    costs: [E, G] time of expert e on GPU g; overhead_us: [G]. Variables x[e, g] in
+    [0, 1] with sum_g x = 1 per expert, sum_e x = slots_per_gpu per GPU, and
+    overhead[g] + sum_e costs[e, g] x[e, g] <= z; minimise z.
+
+    GPUs of one kind (identical columns) are merged: the LP is convex and symmetric in
+    them, so some optimum splits every expert evenly over a kind, and y[e, k] = sum of
+    x[e, g] over the n_k GPUs of kind k gives an exact LP with E x K variables.
+    """
+    costs = np.asarray(costs, dtype=np.float64)
+    over = np.asarray(overhead_us, dtype=np.float64)
+    kind = gpu_kinds(costs, over)
+    K = int(kind.max()) + 1
+    size = np.bincount(kind, minlength=K).astype(np.float64)  # [K] GPUs per kind
+    first = np.unique(kind, return_index=True)[1]
+    c, o = costs[:, first] / size, over[first]  # [E, K] cost of y[e, k]; [K]
+    E = c.shape[0]
+    if K == 1:  # every GPU alike: y[e, 0] = 1
+        return float(o[0] + c.sum())
+    nx = E * K
+    idx = np.arange(nx).reshape(E, K)
+    ones = np.ones(nx)
+    import scipy.sparse as sp  # deferred: scipy costs ~1 s of CLI start-up
+    from scipy.optimize import linprog
+
+    a_eq = sp.vstack([
+        sp.csr_matrix((ones, (np.repeat(np.arange(E), K), idx.ravel())), shape=(E, nx + 1)),
+        sp.csr_matrix((ones, (np.tile(np.arange(K), E), idx.ravel())), shape=(K, nx + 1)),
+    ])
+    b_eq = np.concatenate([np.ones(E), float(slots_per_gpu) * size])
+    rows = np.concatenate([np.tile(np.arange(K), E), np.arange(K)])
+    cols = np.concatenate([idx.ravel(), np.full(K, nx)])
+    vals = np.concatenate([c.ravel(), -np.ones(K)])
+    a_ub = sp.csr_matrix((vals, (rows, cols)), shape=(K, nx + 1))
+    obj = np.zeros(nx + 1)
+    obj[-1] = 1.0
+    res = linprog(obj, A_ub=a_ub, b_ub=-o, A_eq=a_eq, b_eq=b_eq,
+                  bounds=[(0, 1)] * nx + [(0, None)], method="highs")
+    if res.status != 0:
+        raise VibeError(f"lower-bound LP failed: {res.message}")
+    return float(res.x[-1])
+
+
+def lagrangian_value(costs: np.ndarray, overhead_us: np.ndarray, slots_per_gpu: int,
+                     lam: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Dual value of the LP of lp_lower_bound at multipliers (lam, v): a valid bound.
+
+    costs: [L, E, G]; overhead_us: [G]; lam: [L, G] >= 0 summing to 1; v: [L, G] free.
+    Returns [L]: sum_g lam_g o_g + sum_e min_g (lam_g c[e,g] - v_g) + S sum_g v_g.
+    Why it is a bound: for any feasible x, z >= sum_g lam_g (o_g + sum_e c x) and,
+    using sum_g x[e, g] = 1 and sum_e x[e, g] = S, the right side is >= this value.
+    """
+    a = lam[:, None, :] * costs - v[:, None, :]
+    return (lam * overhead_us).sum(-1) + a.min(-1).sum(-1) + slots_per_gpu * v.sum(-1)
+
+
+def lagrangian_lower_bounds(costs: np.ndarray, overhead_us: np.ndarray, slots_per_gpu: int,
+                            temperatures: Sequence[float] = (3e-2, 3e-3, 3e-4),
+                            max_iter: int = 50) -> np.ndarray:
+    """The LP bound of lp_lower_bound for many large layers at once, from its dual.
+
+    costs: [L, E, G]; overhead_us: [G] -> [L] bounds (us), each <= that layer's LP value.
+    The dual max over (lam, v) of lagrangian_value equals the LP value. We climb it with
+    L-BFGS on a smoothed copy (min_g replaced by a soft-min at falling temperatures,
+    lam = softmax(alpha)), all layers together, then score the multipliers found with
+    the exact lagrangian_value, so the result is a valid bound whatever the optimiser
+    did; it is typically within 0.1% of the LP value.
+    """
+    costs = np.asarray(costs, dtype=np.float64)
+    over = np.asarray(overhead_us, dtype=np.float64)
+    L, E, G = costs.shape
+    S = float(slots_per_gpu)
+    # Work in units of each layer's mean GPU time, so one temperature fits all layers.
+    scale = over.mean() + costs.sum(axis=1).mean(axis=1) / G  # [L]
+    scale = np.where(scale > 0, scale, 1.0)
+    cn = (costs / scale[:, None, None]).astype(np.float32)  # float32: the hot loop is memory-bound
+    on = over[None, :] / scale[:, None]  # [L, G]
+
+    def unpack(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # v in units of 1/E: a[e, g] moves as much per unit of alpha_g as of v_g.
+        alpha, v = x[: L * G].reshape(L, G), x[L * G:].reshape(L, G) / E
+        lam = np.exp(alpha - alpha.max(axis=1, keepdims=True))
+        return lam / lam.sum(axis=1, keepdims=True), v
+
+    def neg_smoothed(x: np.ndarray, tau: float) -> tuple[float, np.ndarray]:
+        lam, v = unpack(x)
+        w = np.multiply(cn, lam[:, None, :].astype(np.float32))  # [L, E, G] lam_g c[e, g] - v_g
+        w -= v[:, None, :].astype(np.float32)
+        m = w.min(axis=2, keepdims=True)
+        np.subtract(m, w, out=w)  # in place: this array is the whole cost of an evaluation
+        w *= np.float32(1.0 / tau)
+        np.exp(w, out=w)
+        tot = w.sum(axis=2, dtype=np.float64)  # [L, E]
+        softmin = m[..., 0].astype(np.float64) - tau * np.log(tot)  # [L, E] <= min_g
+        f = (lam * on).sum() + softmin.sum() + S * v.sum()
+        r = (1.0 / tot).astype(np.float32)[:, None, :]  # [L, 1, E]: soft arg-min = w * r
+        d_v = S - np.matmul(r, w)[:, 0, :].astype(np.float64)  # [L, G]
+        w *= cn
+        d_lam = on + np.matmul(r, w)[:, 0, :].astype(np.float64)
+        d_alpha = lam * (d_lam - (lam * d_lam).sum(axis=1, keepdims=True))
+        return -f, -np.concatenate([d_alpha.ravel(), d_v.ravel() / E])
+
+    from scipy.optimize import minimize  # deferred: scipy costs ~1 s of CLI start-up
+
+    x = np.zeros(2 * L * G)
+    for t in temperatures:
+        # Per expert, lam_g c[e, g] is about 1/E in these units: scale the soft-min to it.
+        res = minimize(neg_smoothed, x, args=(t / E,), jac=True, method="L-BFGS-B",
+                       options={"maxiter": max_iter, "ftol": 1e-7})
+        x = res.x
+    lam, v = unpack(x)
+    found = lagrangian_value(costs, over, slots_per_gpu, lam, v * scale[:, None])
+    # The dual at the vertices lam = 1_g, where the smoothed climb is slowest.
+    return np.maximum(found, cheapest_slots_bound(costs, over, slots_per_gpu))
+
+
+def cheapest_slots_bound(costs: np.ndarray, overhead_us: np.ndarray, slots_per_gpu: int) -> np.ndarray:
+    """Without replicas every GPU holds S experts, at best its S cheapest: what binds in
+    memory-bound decode. costs: [..., E, G] -> [...] bound in us."""
+    S = slots_per_gpu
+    cheapest = np.partition(costs, S - 1, axis=-2)[..., :S, :].sum(axis=-2) if S < costs.shape[-2] else costs.sum(axis=-2)
+    return (overhead_us + cheapest).max(axis=-1)
+
+
+def hottest_expert_bound(costs: np.ndarray, overhead_us: np.ndarray, slots_per_gpu: int) -> float:
+    """Without replicas the hottest expert sits whole on some GPU beside S-1 others, at
+    best the S-1 cheapest ones there. costs: [E, G] -> a bound in us."""
+    E, G = costs.shape
+    hot = int(np.argmax(costs.max(axis=1)))
+    others = np.delete(costs, hot, axis=0)  # [E-1, G]
+    k = slots_per_gpu - 1
+    cheapest = np.sort(others, axis=0)[:k].sum(axis=0) if k > 0 else np.zeros(G)
+    return float(np.min(overhead_us + costs[hot] + cheapest))
+
+
+def fluid_bound(cluster: Cluster, total_tokens: float, max_slot_tokens: float | None = None) -> float:
+    """Bound for any plan, replicas included: tokens split freely over GPUs, each GPU g
+    processing tokens at its best amortised rate rho_g = min_{0<n<=M} t_g(n) / n, where
+    M = max_slot_tokens (a slot holds one expert's tokens: M = the hottest expert's n_e;
+    default N). Returns the smallest z with sum_g max(0, z - o_g) / rho_g >= N (and
+    z >= max o_g)."""
+    over = cluster.overhead_us
+    if total_tokens <= 0:
+        return float(over.max())
+    grid, _ = cluster.latency_table()
+    top = float(total_tokens if max_slot_tokens is None else min(max_slot_tokens, total_tokens))
+    pts = np.concatenate([grid[grid < top], [top]])
+    G = cluster.num_gpus
+    t = expert_time_us(cluster, np.arange(G)[:, None], pts[None, :])
+    rho = (t / pts[None, :]).min(axis=1)  # [G] us per token
+    # sum_g max(0, z - o_g) / rho_g is piecewise linear and increasing in z: walk the kinks.
+    order = np.argsort(over)
+    o, r = over[order], rho[order]
+    inv_cum = np.cumsum(1.0 / r)
+    off_cum = np.cumsum(o / r)
+    for k in range(G):
+        z = (total_tokens + off_cum[k]) / inv_cum[k]
+        if k == G - 1 or z <= o[k + 1]:
+            return float(max(z, over.max()))
+    return float(over.max())  # unreachable
+
+
+def active_slots_bound(cluster: Cluster, active_experts: np.ndarray, slots_per_gpu: int) -> np.ndarray:
+    """Bound for any plan, replicas included: each of the A experts that receive tokens
+    needs a slot with tokens, a GPU holds at most S slots, and a slot with tokens costs at
+    least the curve's floor f_g = t_g(0+). active_experts: [L] A per layer -> [L] the
+    smallest z with sum_g min(S, floor((z - o_g) / f_g)) >= A (us).
+    """
+    _, us = cluster.latency_table()
+    floor_us, over = us[:, 0], cluster.overhead_us  # [G]
+    S = slots_per_gpu
+    # The answer is one of the G*S values o_g + a f_g (a = 1..S), or max o_g when A = 0.
+    cand = np.sort((over[:, None] + np.arange(1, S + 1)[None, :] * floor_us[:, None]).ravel())  # [C]
+    fits = np.floor((cand[:, None] - over[None, :]) / floor_us[None, :] * (1 + 1e-12))  # [C, G]
+    slots = np.clip(fits, 0, S).sum(axis=1)  # [C] slots with tokens affordable by time cand
+    need = np.asarray(active_experts)
+    first = np.minimum(np.searchsorted(slots, need, side="left"), len(cand) - 1)
+    return np.where(need > 0, cand[first], over.max()).astype(np.float64)
+
+
+def convex_minorant_lines(cluster: Cluster, top_tokens: float) -> tuple[np.ndarray, np.ndarray]:
+    """The lower convex hull of every GPU's curve on (0, top_tokens], as lines whose max is
+    the hull: (intercepts [G, J], slopes [G, J]), padded by repeating the last line.
+
+    The hull starts at (0, t_g(0+)): a slot with any token pays at least the floor.
+    """
+    grid, us = cluster.latency_table()
+    G = cluster.num_gpus
+    n = np.concatenate([[0.0], grid[grid < top_tokens], [float(top_tokens)]])  # [Q]
+    t = np.concatenate([us[:, :1], expert_time_us(cluster, np.arange(G)[:, None], n[None, 1:])], axis=1)  # [G, Q]
+    lines = []
+    for tg in t:
+        hull = [0]  # monotone chain: drop a point that lies on or above the chord of its neighbours
+        for j in range(1, len(n)):
+            while len(hull) >= 2 and ((tg[hull[-1]] - tg[hull[-2]]) * (n[j] - n[hull[-2]])
+                                      >= (tg[j] - tg[hull[-2]]) * (n[hull[-1]] - n[hull[-2]])):
+                hull.pop()
+            hull.append(j)
+        i, j = np.array(hull[:-1]), np.array(hull[1:])
+        slope = (tg[j] - tg[i]) / (n[j] - n[i])
+        lines.append((tg[i] - slope * n[i], slope))
+    J = max(len(s) for _, s in lines)
+    icpt = np.array([np.pad(c, (0, J - len(c)), mode="edge") for c, _ in lines])
+    slope = np.array([np.pad(s, (0, J - len(s)), mode="edge") for _, s in lines])
+    return icpt, slope
+
+
+def slot_work_bound(cluster: Cluster, expert_tokens: np.ndarray, slots_per_gpu: int,
+                    known: np.ndarray | None = None, steps: int = 40) -> np.ndarray:
+    """Bound for any plan, replicas included, that counts both the floors and the work.
+
+    expert_tokens: [L, E] n_e -> [L] bound (us). GPU g runs a_g <= S slots with tokens
+    (together at least A = the experts with tokens), each slot at most M = max_e n_e
+    tokens, and sum_g N_g = N tokens. With h_g the convex hull of t_g on (0, M] (below
+    the curve), Jensen gives T_g >= o_g + a_g h_g(N_g / a_g). For a time z, a GPU with a
+    slots can take at most cap_g(a) = min(a M, a h_g^-1((z - o_g) / a)) tokens, concave in
+    a; z is reachable only if some a_g with sum >= A give sum_g cap_g(a_g) >= N. The bound
+    is the smallest such z, by bisection (all layers at once). It implies the fluid and
+    active-slots bounds. known: [L] bounds already proven, to start from.
+    """
+    n_e = np.asarray(expert_tokens, dtype=np.float64)
+    L = n_e.shape[0]
+    over = cluster.overhead_us
+    N, M, A = n_e.sum(axis=1), n_e.max(axis=1), (n_e > 0).sum(axis=1)
+    icpt, slope = convex_minorant_lines(cluster, max(float(M.max()), 1.0))  # [G, J]
+    floor_us = cluster.latency_table()[1][:, 0]  # [G]
+    a = np.arange(1, slots_per_gpu + 1, dtype=np.float64)  # [S]
+    rising = slope > 0
+    safe_slope = np.where(rising, slope, 1.0)
+
+    def placeable_tokens(z: np.ndarray) -> np.ndarray:
+        """[L] most tokens the GPUs can take within time z using >= A slots with tokens."""
+        budget = (z[:, None, None] - over[None, :, None]) / a  # [L, G, S] per-slot time
+        inv = np.where(rising[None, :, None, :], (budget[..., None] - icpt[None, :, None, :])
+                       / safe_slope[None, :, None, :], np.inf).min(axis=-1)  # [L, G, S] h^-1
+        fits = budget >= floor_us[None, :, None] * (1 - 1e-12)  # erring towards "fits" keeps it a bound
+        cap = np.where(fits, np.minimum(M[:, None, None], inv) * a, -np.inf)
+        prev = np.concatenate([np.zeros((L, cap.shape[1], 1)), cap[..., :-1]], axis=2)
+        with np.errstate(invalid="ignore"):
+            gain = np.where(np.isfinite(prev), cap - prev, -np.inf)  # marginal tokens of one more slot
+        gain = -np.sort(-gain.reshape(L, -1), axis=1)  # [L, G*S] largest first
+        positive = np.where(gain > 0, gain, 0.0).sum(axis=1)
+        first_a = np.cumsum(gain, axis=1)[np.arange(L), np.maximum(A, 1) - 1]  # -inf: too few slots
+        return np.where((gain > 0).sum(axis=1) >= A, positive, first_a)
+
+    lo = np.full(L, over.max()) if known is None else np.maximum(known, over.max())
+    hi = lo * 2 + 1.0
+    for _ in range(64):  # grow hi until every layer is feasible there
+        bad = ~(placeable_tokens(hi) >= N)
+        if not bad.any():
+            break
+        hi = np.where(bad, hi * 2, hi)
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        ok = placeable_tokens(mid) >= N * (1 - 1e-12)  # erring towards "feasible" keeps it a bound
+        lo, hi = np.where(ok, lo, mid), np.where(ok, mid, hi)
+    return np.where(A > 0, lo, over.max())
+
+
+def lp_bounds(costs: np.ndarray, overhead_us: np.ndarray, slots_per_gpu: int,
+              known: np.ndarray | None = None) -> np.ndarray:
+    """[L, E, G] costs -> [L] LP bound of every layer: exact (HiGHS) when the merged LP
+    is small, else the Lagrangian dual bound, all large layers at once.
+
+    known: [L] bounds already proven (hottest expert, fluid). A layer whose LP cannot
+    beat them (the even split x = 1/G already reaches them) gets its known bound back
+    without solving: max(known, LP) is what callers use, and it is then exact.
+    """
+    L, E, G = costs.shape
+    out = np.empty(L)
+    even_split = (overhead_us + costs.sum(axis=1) / G).max(axis=1)  # [L] >= LP value
+    todo = np.ones(L, dtype=bool) if known is None else even_split > known
+    if known is not None:
+        out[~todo] = known[~todo]
+    big = []
+    for l in np.flatnonzero(todo):
+        if E * (int(gpu_kinds(costs[l], overhead_us).max()) + 1) <= LP_EXACT_MAX_VARS:
+            out[l] = lp_lower_bound(costs[l], overhead_us, slots_per_gpu)
+        else:
+            big.append(l)
+    if big:
+        out[big] = lagrangian_lower_bounds(costs[big], overhead_us, slots_per_gpu)
+    return out
+
+
+def layer_lower_bounds(loads: ExpertLoads, cluster: Cluster, batch_tokens: float, num_slots: int) -> np.ndarray:
+    """[L] lower bound on every layer's time for any plan with `num_slots` slots per layer.
+
+    Any plan: the slot-work bound (started from the cheaper fluid and active-slots
+    bounds it implies). Without replicas (num_slots == E) also the LP bound, the
+    hottest-expert bound and the cheapest-slots bound; the maximum of all of them.
+    """
+    n_e = loads.expert_tokens(batch_tokens)
+    over = cluster.overhead_us
+    out = np.array([fluid_bound(cluster, float(row.sum()), float(row.max())) for row in n_e])
+    S = num_slots // cluster.num_gpus
+    out = np.maximum(out, active_slots_bound(cluster, (n_e > 0).sum(axis=1), S))
+    out = np.maximum(out, slot_work_bound(cluster, n_e, S, known=out))
+    if num_slots == loads.num_experts:
+        costs_all = expert_cost_matrix(cluster, n_e)  # [L, E, G]
+        out = np.maximum(out, [hottest_expert_bound(c, over, S) for c in costs_all])
+        out = np.maximum(out, cheapest_slots_bound(costs_all, over, S))
+        out = np.maximum(out, lp_bounds(costs_all, over, S, known=out))
+    return out
