@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
-from vibe.cli._common import console
+from vibe.cli._common import console, nonneg_int, positive_int
 from vibe.errors import VibeError
 from vibe.model import ExpertLoads, Placement, RoutingTrace
 
@@ -27,8 +27,8 @@ def register(cli) -> None:
     p.add_argument("--format", required=True, choices=IMPORT_FORMATS)
     p.add_argument("--out", required=True, help="loads file to write (vibe.loads/v1)")
     p.add_argument("--trace", default=None, metavar="NPZ", help="esft: also write the token-level trace (.npz)")
-    p.add_argument("--top-k", type=int, default=None, help="experts per token (when the files do not say)")
-    p.add_argument("--num-experts", type=int, default=None, help="routed experts per layer (esft default 64)")
+    p.add_argument("--top-k", type=positive_int, default=None, help="experts per token (when the files do not say)")
+    p.add_argument("--num-experts", type=positive_int, default=None, help="routed experts per layer (esft default 64)")
     p.add_argument("--moe-layers", default=None, metavar="SPEC",
                    help="decoder layer ids of the MoE layers, e.g. 1-26: selects them from a decoder-indexed "
                         "dump (SGLang) or labels the rows of a MoE-indexed one (vLLM, npy)")
@@ -39,7 +39,7 @@ def register(cli) -> None:
     s = cli.command("stats", "skew of a profile per layer (max/mean, Gini, entropy) and co-activation",
                     cmd_stats, group="loads")
     s.add_argument("path", metavar="LOADS_OR_TRACE", help="vibe.loads/v1 file or trace .npz (co-activation needs a trace)")
-    s.add_argument("--pairs", type=int, default=1, metavar="N", help="most co-activated pairs to show per layer")
+    s.add_argument("--pairs", type=nonneg_int, default=1, metavar="N", help="most co-activated pairs to show per layer")
     s.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
     d = cli.command("diff", "distance between two profiles per layer and overall (total variation, cosine)",
@@ -53,7 +53,7 @@ def register(cli) -> None:
     e.add_argument("path", metavar="LOADS", help="vibe.loads/v1 file")
     e.add_argument("--format", required=True, choices=EXPORT_FORMATS)
     e.add_argument("--out", required=True, help="sglang: .pt or .json; json: counts object; npy: [layers, experts]")
-    e.add_argument("--num-hidden-layers", type=int, default=None,
+    e.add_argument("--num-hidden-layers", type=positive_int, default=None,
                    help="sglang: decoder layers of the model (default: last MoE layer + 1)")
 
 

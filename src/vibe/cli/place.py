@@ -9,7 +9,8 @@ from pathlib import Path
 
 from rich.table import Table
 
-from vibe.cli._common import add_operating_points, console, fmt_us
+from vibe.cli._common import (add_operating_points, console, fmt_us, nonneg_int, positive_float,
+                             positive_int, seed_int)
 from vibe.cost import evaluate, normalize_weights, weighted_moe_time
 from vibe.errors import VibeError
 from vibe.model import Cluster, ExpertLoads, Placement
@@ -24,8 +25,8 @@ def register(cli) -> None:
     p.add_argument("--cluster", required=True, help="vibe.cluster/v1 file")
     p.add_argument("--loads", required=True, help="vibe.loads/v1 file")
     p.add_argument("--policy", default="vibe", help=f"one of: {', '.join(available_policies())} (default: vibe)")
-    p.add_argument("--redundant", type=int, default=0, metavar="R", help="extra replica slots per layer")
-    p.add_argument("--num-groups", type=int, default=None, metavar="N",
+    p.add_argument("--redundant", type=nonneg_int, default=0, metavar="R", help="extra replica slots per layer")
+    p.add_argument("--num-groups", type=positive_int, default=None, metavar="N",
                    help="expert groups kept inside one node (hierarchical placement)")
     add_operating_points(p)
     p.add_argument("--split", choices=("even", "speed"), default="even",
@@ -35,13 +36,13 @@ def register(cli) -> None:
                         "given, else drawn from the loads' average shares)")
     p.add_argument("--traces", default=None,
                    help="token-level routing traces (.npz vibe trace or ESFT domain folder); implies --robust")
-    p.add_argument("--samples", type=int, default=None, metavar="K",
+    p.add_argument("--samples", type=positive_int, default=None, metavar="K",
                    help=f"re-sampled steps per operating point for --robust (default: {DEFAULT_SAMPLES})")
-    p.add_argument("--time-limit", type=float, default=60.0, metavar="S", help="for search policies (exact)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--time-limit", type=positive_float, default=60.0, metavar="S", help="for search policies (exact)")
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--format", nargs="+", choices=ENGINE_FORMATS, default=["vibe"],
                    help="also write engine files next to --out: OUT.sglang.json, OUT.trtllm.yaml")
-    p.add_argument("--num-hidden-layers", type=int, default=None,
+    p.add_argument("--num-hidden-layers", type=positive_int, default=None,
                    help="decoder layers of the model, for SGLang's layer axis (default: last MoE layer + 1)")
     p.add_argument("--out", required=True, help="placement file to write (vibe.placement/v1)")
 
@@ -54,9 +55,9 @@ def register(cli) -> None:
     e.add_argument("--traces", default=None,
                    help="also report the expected per-step MoE time over batches re-sampled from these "
                         "token-level traces (.npz vibe trace or ESFT domain folder)")
-    e.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, metavar="K",
+    e.add_argument("--samples", type=positive_int, default=DEFAULT_SAMPLES, metavar="K",
                    help=f"re-sampled steps per operating point for --traces (default: {DEFAULT_SAMPLES})")
-    e.add_argument("--seed", type=int, default=0, help="seed of the re-sampling")
+    e.add_argument("--seed", type=seed_int, default=0, help="seed of the re-sampling")
     e.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 

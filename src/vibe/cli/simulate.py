@@ -10,7 +10,8 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from vibe.cli._common import console, err_console
+from vibe.cli._common import (console, err_console, nonneg_float, nonneg_int, positive_float, positive_int,
+                             seed_int)
 from vibe.errors import VibeError
 from vibe.model import Cluster, ExpertLoads, Placement
 from vibe.policies import PlacementOptions, available_policies, place
@@ -20,8 +21,8 @@ def register(cli) -> None:
     s = cli.command("simulate", "simulate serving with a placement: TTFT, TPOT, SLO attainment", cmd_simulate)
     s.add_argument("--placement", required=True, help="vibe.placement/v1 file")
     _add_common(s)
-    s.add_argument("--qps", type=float, default=None, help="request rate (with --trace: rescale the trace to it)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--qps", type=positive_float, default=None, help="request rate (with --trace: rescale the trace to it)")
+    s.add_argument("--seed", type=seed_int, default=0)
     s.add_argument("--json", action="store_true", help="print one JSON object")
 
     w = cli.command("sweep", "simulate policies x QPS x seeds in parallel and write a report folder", cmd_sweep)
@@ -30,10 +31,10 @@ def register(cli) -> None:
                    help=f"policies to place with (default: linear eplb vibe; available: {', '.join(available_policies())})")
     w.add_argument("--placements", nargs="+", default=[], metavar="FILE",
                    help="also (or only, without --policies) compare these vibe.placement/v1 files")
-    w.add_argument("--redundant", type=int, default=0, metavar="R", help="extra replica slots per layer")
-    w.add_argument("--qps", type=float, nargs="+", required=True, metavar="X")
-    w.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="K")
-    w.add_argument("--workers", type=int, default=None, help="local processes (default: all cores)")
+    w.add_argument("--redundant", type=nonneg_int, default=0, metavar="R", help="extra replica slots per layer")
+    w.add_argument("--qps", type=positive_float, nargs="+", required=True, metavar="X")
+    w.add_argument("--seeds", type=seed_int, nargs="+", default=[0], metavar="K")
+    w.add_argument("--workers", type=positive_int, default=None, help="local processes (default: all cores)")
     w.add_argument("--ray-address", default=None, help="run on a Ray cluster at this address (needs ray)")
     w.add_argument("--out", required=True, help="report folder to write")
 
@@ -45,23 +46,23 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="deepseek-v3, deepseek-v2-lite, qwen3-235b-a22b, mixtral-8x7b or a vibe.model/v1 .json "
                         "(default: the preset with the loads' shape)")
     p.add_argument("--trace", default=None, help="Azure LLM request trace CSV (TIMESTAMP,ContextTokens,GeneratedTokens)")
-    p.add_argument("--input-len", type=int, default=1024, metavar="N", help="prompt tokens (Poisson workload)")
-    p.add_argument("--output-len", type=int, default=128, metavar="M", help="generated tokens (Poisson workload)")
-    p.add_argument("--duration", type=float, default=60.0, metavar="S", help="seconds of arrivals")
-    p.add_argument("--max-requests", type=int, default=None)
-    p.add_argument("--slo-ttft-ms", type=float, default=2000.0)
-    p.add_argument("--slo-tpot-ms", type=float, default=100.0)
+    p.add_argument("--input-len", type=positive_int, default=1024, metavar="N", help="prompt tokens (Poisson workload)")
+    p.add_argument("--output-len", type=positive_int, default=128, metavar="M", help="generated tokens (Poisson workload)")
+    p.add_argument("--duration", type=positive_float, default=60.0, metavar="S", help="seconds of arrivals")
+    p.add_argument("--max-requests", type=positive_int, default=None)
+    p.add_argument("--slo-ttft-ms", type=positive_float, default=2000.0)
+    p.add_argument("--slo-tpot-ms", type=positive_float, default=100.0)
     p.add_argument("--routing-trace", default=None,
                    help="token-level routing (.npz or ESFT folder) re-sampled every step instead of the loads profile")
     p.add_argument("--routing", choices=("sample", "expected"), default="sample",
                    help="per-step routed tokens: drawn (default) or their expectation (no noise)")
-    p.add_argument("--max-batch-tokens", type=int, default=8192, help="token budget per step")
-    p.add_argument("--max-running", type=int, default=256, help="requests running at once")
-    p.add_argument("--kv-tokens", type=int, default=None, help="KV-cache capacity in tokens (default: unlimited)")
-    p.add_argument("--jitter", type=float, default=0.0, metavar="CV", help="per-step GPU time noise (log-normal sigma)")
-    p.add_argument("--drift-gpus", type=int, default=0, help="GPUs that heat up and slow down")
-    p.add_argument("--drift-slowdown", type=float, default=0.15, help="their final extra time fraction")
-    p.add_argument("--drift-start", type=float, default=120.0, metavar="S", help="earliest drift onset (s)")
+    p.add_argument("--max-batch-tokens", type=positive_int, default=8192, help="token budget per step")
+    p.add_argument("--max-running", type=positive_int, default=256, help="requests running at once")
+    p.add_argument("--kv-tokens", type=positive_int, default=None, help="KV-cache capacity in tokens (default: unlimited)")
+    p.add_argument("--jitter", type=nonneg_float, default=0.0, metavar="CV", help="per-step GPU time noise (log-normal sigma)")
+    p.add_argument("--drift-gpus", type=nonneg_int, default=0, help="GPUs that heat up and slow down")
+    p.add_argument("--drift-slowdown", type=nonneg_float, default=0.15, help="their final extra time fraction")
+    p.add_argument("--drift-start", type=nonneg_float, default=120.0, metavar="S", help="earliest drift onset (s)")
 
 
 def _spec(args: argparse.Namespace, loads: ExpertLoads):

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from vibe.errors import InputError
-from vibe.io import atomic_path
+from vibe.io import atomic_path, require_file
 from vibe.model.loads import ExpertLoads
 
 TRACE_SCHEMA = "vibe.trace/v1"
@@ -138,8 +138,7 @@ class RoutingTrace:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "RoutingTrace":
         p = Path(path)
-        if not p.is_file():
-            raise InputError(p, "no such file")
+        require_file(p, "a .npz trace")
         try:
             with np.load(p, allow_pickle=False) as z:
                 if "schema" not in z or str(z["schema"]) != TRACE_SCHEMA:

@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from vibe.errors import InputError
+from vibe.io import require_file
 
 DEEPSEEK_V3 = {"hidden": 7168, "intermediate": 2048, "num_experts": 256, "topk": 8}
 MOE_COLUMNS = ("num_tokens", "hidden_size", "inter_size", "topk", "num_experts", "moe_tp_size",
@@ -62,8 +63,7 @@ def read_moe_table(path: str | os.PathLike) -> dict[str, np.ndarray]:
     import pyarrow.parquet as pq
 
     p = Path(path)
-    if not p.is_file():
-        raise InputError(p, "no such file")
+    require_file(p, "a .parquet MoE latency table")
     try:
         table = pq.read_table(p)
     except (pa.ArrowInvalid, OSError) as exc:
@@ -202,8 +202,7 @@ def read_fleet(path: str | os.PathLike, column: str | None = None) -> tuple[list
     class's multiplier (`column`, default the first class) over the fleet median.
     """
     p = Path(path)
-    if not p.is_file():
-        raise InputError(p, "no such file")
+    require_file(p, "a fleet table (.csv)")
     try:
         with p.open(newline="") as fh:
             reader = csv.DictReader(fh)
