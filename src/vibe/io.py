@@ -100,7 +100,8 @@ def check_not_input(outputs: Iterable[str | os.PathLike | None], inputs: Iterabl
         o = Path(out)
         for i in ins:
             if _same_file(o, i) and not _is_special(_resolve_output(o)):
-                raise InputError(out, f"is also an input ({i}); write the output to another path")
+                also = "" if str(i) == str(out) else f" ({i})"
+                raise InputError(out, f"is also an input{also}; write the output to another path")
 
 
 @contextlib.contextmanager
@@ -206,6 +207,17 @@ def numeric_array(value: Any, name: str, source: object, ndim: int, dtype=np.flo
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         raise InputError(source, f"{name!r} holds non-finite values")
     return arr
+
+
+def json_int(value: Any, name: str, source: object, lo: int | None = None) -> int:
+    """A JSON integer field (2 and 2.0 pass; 2.5, "2", true, NaN do not), >= `lo` when given."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    if ok and isinstance(value, (float, np.floating)):
+        ok = bool(np.isfinite(value)) and float(value).is_integer()
+    if not ok or (lo is not None and value < lo):
+        want = "an integer" if lo is None else ("a positive integer" if lo == 1 else f"an integer >= {lo}")
+        raise InputError(source, f"{name!r} must be {want}, got {value!r}")
+    return int(value)
 
 
 def int_array(value: Any, name: str, source: object, ndim: int) -> np.ndarray:

@@ -26,7 +26,7 @@ class HelpFormatter(argparse.HelpFormatter):
             return text
         if action.required:
             return f"{text} (required)".strip()
-        if action.default not in (None, False, argparse.SUPPRESS) and action.nargs != 0:
+        if action.default not in (None, False, [], argparse.SUPPRESS) and action.nargs != 0:
             return f"{text} (default: %(default)s)".strip()
         return text
 
@@ -66,7 +66,7 @@ class Commands:
 
 
 _GROUP_HELP = {
-    "cluster": "make cluster files (per-GPU latency curves)",
+    "cluster": "make and edit cluster files (per-GPU latency curves)",
     "loads": "make, import, inspect and compare expert-load files",
     "profile": "measure hardware and workloads for real",
 }
@@ -95,7 +95,7 @@ def _give_every_option_help(parser: argparse.ArgumentParser) -> None:
                 _give_every_option_help(sub)
         elif action.option_strings and action.help is None:
             action.help = "(required)" if action.required else (
-                "(default: %(default)s)" if action.default not in (None, False) else " ")
+                "(default: %(default)s)" if action.default not in (None, False, []) else " ")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

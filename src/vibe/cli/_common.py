@@ -119,7 +119,7 @@ def check_size(nbytes: float, what: str, flags: str) -> None:
 # A GPU holding two copies of one expert gains nothing, so E experts on G GPUs use at
 # most E * G slots per layer; the solvers' time grows with the slots, and past that
 # bound --redundant only burns time and memory.
-MAX_GPUS = 65_536
+MAX_GPUS = 8192
 
 
 def check_slots(num_experts: int, redundant: int, num_gpus: int, num_layers: int = 1) -> None:
@@ -132,6 +132,22 @@ def check_slots(num_experts: int, redundant: int, num_gpus: int, num_layers: int
     # [L, slots] maps plus [L, slots, G]-sized solver scratch, 8 bytes each
     check_size(8.0 * num_layers * (num_experts + redundant) * max(num_gpus, 1) * 4,
                f"{num_layers} layers x {num_experts + redundant} slots on {num_gpus} GPUs", "--redundant or --gpus")
+
+
+# ---- output paths ----------------------------------------------------------------------
+def check_outputs(outputs, inputs=()) -> None:
+    """Before any work: every output path (None skipped) can take a file, none is one of
+    the inputs, and no two are the same path."""
+    from vibe.io import check_not_input, check_output
+
+    outs = [o for o in outputs if o is not None]
+    for o in outs:
+        check_output(o)
+    check_not_input(outs, inputs)
+    real = [os.path.realpath(o) for o in outs]
+    for i, o in enumerate(outs):
+        if real[i] in real[:i]:
+            raise VibeError(f"{o}: named for two outputs; give each output its own path")
 
 
 # ---- operating points ----------------------------------------------------------------

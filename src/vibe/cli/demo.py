@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from vibe.cli._common import MAX_GPUS, console, int_range, nonneg_int, seed_int
+from vibe.cli._common import MAX_GPUS, check_slots, console, int_range, nonneg_int, seed_int
 from vibe.synth import MODEL_PRESETS, SCENARIOS
 
 
@@ -22,8 +22,13 @@ def register(cli) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from vibe.io import check_output_dir
     from vibe.report.demo import run_demo  # matplotlib loads only when the demo runs
+    from vibe.synth.loads import MODEL_PRESETS as SHAPES
 
+    check_output_dir(args.out_dir)
+    layers, experts = SHAPES[args.model][:2]
+    check_slots(experts, args.redundant, args.gpus, layers)
     run_demo(args.out_dir, model=args.model, num_gpus=args.gpus, scenario=args.scenario, seed=args.seed,
              redundant=args.redundant, console=console)
     return 0

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
-from vibe.cli._common import console, nonneg_int, positive_int
-from vibe.errors import VibeError
+from vibe.cli._common import check_outputs, console, nonneg_int, positive_int
+from vibe.errors import InputError, VibeError
 from vibe.model import ExpertLoads, Placement, RoutingTrace
 
 IMPORT_FORMATS = ("sglang", "trtllm", "esft", "json", "npy")
@@ -104,6 +104,7 @@ def _import_esft(args: argparse.Namespace, moe_layers) -> tuple[ExpertLoads, Rou
 def cmd_import(args: argparse.Namespace) -> int:
     from vibe.workload import max_over_mean
 
+    check_outputs([args.out, args.trace], [*args.paths, args.placement])
     loads, trace = import_loads(args)
     if trace is not None and args.trace:
         trace.save(args.trace)
@@ -127,14 +128,21 @@ def read_profile(path: str) -> tuple[ExpertLoads, RoutingTrace | None]:
     return ExpertLoads.load(path), None
 
 
-def profile_stats(loads: ExpertLoads, trace: RoutingTrace | None, pairs: int) -> dict:
+def profile_stats(loads: ExpertLoads, trace: RoutingTrace | None, pairs: int, source: object = "loads") -> dict:
     from vibe.workload import coactivation, layer_skew, top_pairs
 
+    seen = loads.counts.sum(axis=1) > 0
+    if not seen.any():
+        raise InputError(source, "every count is zero: no token was routed, so there is no skew to report")
+    # A layer that saw no token has no skew: null in JSON, "-" in the table, left out of
+    # the summary (the stats functions would call it uniform).
     skew = layer_skew(loads)
     out = {"model": loads.model, "top_k": loads.top_k, "num_experts": loads.num_experts,
-           "layer_ids": list(loads.layer_ids), **{k: v.tolist() for k, v in skew.items()},
-           "summary": {k: {"min": float(v.min()), "median": float(np.median(v)), "max": float(v.max())}
-                       for k, v in skew.items()}}
+           "layer_ids": list(loads.layer_ids),
+           **{k: [float(x) if s else None for x, s in zip(v, seen)] for k, v in skew.items()},
+           "empty_layers": [l for l, s in zip(loads.layer_ids, seen) if not s],
+           "summary": {k: {"min": float(v[seen].min()), "median": float(np.median(v[seen])),
+                           "max": float(v[seen].max())} for k, v in skew.items()}}
     if trace is not None and pairs > 0:
         out["top_pairs"] = [[{"a": a, "b": b, "tokens": n, "lift": lift}
                              for a, b, n, lift in top_pairs(coactivation(trace.experts[l], trace.num_experts),
@@ -145,7 +153,7 @@ def profile_stats(loads: ExpertLoads, trace: RoutingTrace | None, pairs: int) ->
 
 def cmd_stats(args: argparse.Namespace) -> int:
     loads, trace = read_profile(args.path)
-    st = profile_stats(loads, trace, args.pairs)
+    st = profile_stats(loads, trace, args.pairs, args.path)
     if args.json:
         print(json.dumps(st))
         return 0
@@ -155,7 +163,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if "top_pairs" in st:
         t.add_column("top co-activated pair (tokens, lift)", justify="left")
     for i, layer in enumerate(loads.layer_ids):
-        row = [str(layer), f"{st['max_over_mean'][i]:.2f}", f"{st['gini'][i]:.3f}", f"{st['entropy'][i]:.3f}"]
+        if st["max_over_mean"][i] is None:
+            row = [str(layer), "-", "-", "-  (no token)"]
+        else:
+            row = [str(layer), f"{st['max_over_mean'][i]:.2f}", f"{st['gini'][i]:.3f}", f"{st['entropy'][i]:.3f}"]
         if "top_pairs" in st:
             row.append("  ".join(f"{p['a']}+{p['b']} ({p['tokens']}, {p['lift']:.1f}x)" for p in st["top_pairs"][i]))
         t.add_row(*row)
@@ -190,6 +201,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 # ---- export -------------------------------------------------------------------------
 def cmd_export(args: argparse.Namespace) -> int:
+    check_outputs([args.out], [args.path])
     loads = ExpertLoads.load(args.path)
     out = Path(args.out)
     if args.format == "sglang":

@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 from rich.table import Table
 
-from vibe.cli._common import (add_operating_points, console, fmt_us, nonneg_int, positive_float,
-                             positive_int, seed_int)
+from vibe.cli._common import (add_operating_points, check_outputs, check_slots, console, err_console, fmt_us,
+                             nonneg_int, positive_float, positive_int, seed_int)
 from vibe.cost import evaluate, normalize_weights, weighted_moe_time
-from vibe.errors import VibeError
+from vibe.errors import InputError, VibeError
 from vibe.model import Cluster, ExpertLoads, Placement
 from vibe.policies import PlacementOptions, available_policies, place
 from vibe.stochastic import DEFAULT_SAMPLES, check_trace_matches, expected_step_time, load_traces
@@ -100,15 +101,23 @@ def cmd_place(args: argparse.Namespace) -> int:
     from vibe.engines.trtllm import trtllm_placement_yaml
     from vibe.io import json_default, write_text_atomic
 
+    out = Path(args.out)
+    check_outputs([out, *(engine_paths(out)[f] for f in args.format if f != "vibe")],
+                  [args.cluster, args.loads, args.traces])
     cluster = Cluster.load(args.cluster)
     loads = ExpertLoads.load(args.loads)
+    check_slots(loads.num_experts, args.redundant, cluster.num_gpus, loads.num_layers)
     options = options_from_args(args)
     if options.weights is not None:
         normalize_weights(options.batch_tokens, options.weights)
     if args.traces:  # read once here: bad traces fail before any solving, with the file named
         options = dataclasses.replace(options, extras=dict(options.extras, traces=read_traces(args.traces, loads)))
+    if args.split == "speed" and args.redundant == 0:
+        raise VibeError("--split speed shares tokens between replicas: it needs --redundant R > 0")
     placement = place(loads, cluster, args.policy, options)
-    out = Path(args.out)
+    if args.split == "speed" and placement.replica_weights is None:
+        err_console.print(f"vibe: warning: policy {args.policy!r} ignores --split speed (it writes no "
+                          "replica_weights): its replicas split evenly")
     # Build every output in memory and check every target first, so that a failure
     # leaves no file behind (each write is atomic on its own).
     paths = engine_paths(out)
@@ -120,10 +129,12 @@ def cmd_place(args: argparse.Namespace) -> int:
     for path, _ in outputs:
         if path.is_dir():
             raise VibeError(f"{path}: is a folder, cannot write the placement there")
+    # Predict before writing: a placement whose predicted time overflows is not written.
+    points = evaluate(placement, loads, cluster, options.batch_tokens, options.weights, with_lower_bound=False)
+    _check_finite(points, args.cluster)
     for path, text in outputs:
         write_text_atomic(path, text)
     written = [str(path) for path, _ in outputs]
-    points = evaluate(placement, loads, cluster, options.batch_tokens, options.weights, with_lower_bound=False)
     summary = ", ".join(f"B={p.batch_tokens:g}: {fmt_us(p.moe_time_us)}" for p in points)
     console.print(f"[bold]{args.policy}[/]: {loads.num_layers} layers x {placement.num_slots} slots on "
                   f"{cluster.num_gpus} GPUs; predicted MoE time per step {summary}")
@@ -144,6 +155,14 @@ def cmd_place(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_finite(points, source: str) -> None:
+    """Refuse predictions that overflowed (curves or batch sizes too large to add up)."""
+    for p in points:
+        if not math.isfinite(p.moe_time_us):
+            raise InputError(source, f"the predicted MoE time at B={p.batch_tokens:g} overflows; "
+                                     "its latency curves or --batch-tokens are too large")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     cluster = Cluster.load(args.cluster)
     loads = ExpertLoads.load(args.loads)
@@ -155,6 +174,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     trace = read_traces(args.traces, loads) if args.traces else None
     points = evaluate(placement, loads, cluster, args.batch_tokens, args.weights,
                       with_lower_bound=not args.no_lower_bound)
+    _check_finite(points, args.cluster)
     steps = step_stats(placement, loads, cluster, args.batch_tokens, args.samples, args.seed, trace) if trace else None
     if args.json:
         out = {"policy": placement.policy, "num_gpus": cluster.num_gpus,

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
-from vibe.cli._common import (MAX_GPUS, console, err_console, fmt_us, int_range, nonneg_float, nonneg_int,
+from vibe.cli._common import (MAX_GPUS, check_outputs, console, err_console, fmt_us, int_range, nonneg_float, nonneg_int,
                              positive_float, positive_int, seed_int)
 from vibe.errors import InputError
 from vibe.model import Cluster, GpuProfile
@@ -89,6 +89,7 @@ def cmd_hw(args: argparse.Namespace) -> int:
 
     from vibe.profile import hardware as hw
 
+    check_outputs([args.out])
     devices = hw.resolve_devices(args.devices)
     spec = hw.ProfileSpec(hidden=args.hidden, intermediate=args.intermediate, dtype=args.dtype,
                           tokens=tuple(args.tokens or hw.default_tokens(devices)), warmup=args.warmup,
@@ -139,6 +140,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from vibe.profile import tables
 
     path = Path(args.table)
+    check_outputs([args.out], [args.table, args.fleet, args.base])
     if path.suffix == ".csv":
         if args.base is None:
             raise InputError(path, "a fleet table needs --base CLUSTER.json (the curve to spread)")

@@ -7,7 +7,7 @@ import argparse
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from vibe.cli._common import console, err_console, positive_int
+from vibe.cli._common import check_outputs, console, err_console, positive_int
 from vibe.errors import VibeError
 
 
@@ -31,6 +31,7 @@ def cmd_profile_loads(args: argparse.Namespace) -> int:
     from vibe.profile.workload import load_model, read_dataset, record_routing, tokenize
     from vibe.workload import max_over_mean
 
+    check_outputs([args.out, args.trace], [args.dataset, args.model])
     for name in ("max_tokens", "batch_size"):
         if getattr(args, name) < 1:
             raise VibeError(f"--{name.replace('_', '-')} must be >= 1")

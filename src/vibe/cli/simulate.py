@@ -7,12 +7,14 @@ import contextlib
 import json
 from pathlib import Path
 
+import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from vibe.cli._common import (console, err_console, nonneg_float, nonneg_int, positive_float, positive_int,
+from vibe.cli._common import (check_slots, console, err_console, nonneg_float, nonneg_int, positive_float, positive_int,
                              seed_int)
-from vibe.errors import VibeError
+from vibe.errors import InputError, VibeError
+from vibe.io import check_output_dir
 from vibe.model import Cluster, ExpertLoads, Placement
 from vibe.policies import PlacementOptions, available_policies, place
 
@@ -77,6 +79,17 @@ def _spec(args: argparse.Namespace, loads: ExpertLoads):
         raise VibeError("SLO limits must be > 0 ms")
     if args.trace is None and args.qps is None:
         raise VibeError("give --qps (Poisson arrivals) or --trace FILE")
+    if args.trace is None:
+        _check_requests(max(args.qps) if isinstance(args.qps, list) else args.qps, args.duration, args.max_requests)
+    elif args.qps is not None:  # read now: a trace that cannot be rescaled fails before any work, by its name
+        from vibe.sim.workload import read_azure_trace
+
+        if not np.isfinite(read_azure_trace(args.trace).qps):
+            raise InputError(args.trace, "its requests all arrive at one instant (or there is only one): it has "
+                                         "no rate to rescale to --qps; drop --qps to replay it as it is")
+    if args.drift_gpus > 0 and args.drift_start >= args.duration:
+        err_console.print(f"vibe: warning: --drift-start {args.drift_start:g} s is past the end of the arrivals "
+                          f"(--duration {args.duration:g} s): the drifting GPUs may never slow down")
     return SweepSpec(
         model=model_for_loads(loads, args.model, args.loads), duration_s=args.duration, input_len=args.input_len,
         output_len=args.output_len, request_trace=args.trace, max_requests=args.max_requests,
@@ -84,6 +97,20 @@ def _spec(args: argparse.Namespace, loads: ExpertLoads):
         scheduler=SchedulerConfig(args.max_batch_tokens, args.max_running, args.kv_tokens),
         hardware=HardwareModel(args.jitter, args.drift_gpus, args.drift_slowdown, args.drift_start),
         routing=args.routing, routing_trace=args.routing_trace)
+
+
+# Poisson arrivals are drawn in one array and the simulator steps through every request:
+# past these the run would take hours or allocate gigabytes.
+MAX_REQUESTS = 1_000_000
+MAX_ARRIVALS_DRAWN = 20_000_000
+
+
+def _check_requests(qps: float, duration_s: float, max_requests: int | None) -> None:
+    expected = qps * duration_s
+    if expected > MAX_ARRIVALS_DRAWN or min(expected, max_requests or expected) > MAX_REQUESTS:
+        raise VibeError(f"--qps {qps:g} for --duration {duration_s:g} s gives about {expected:,.0f} requests, over "
+                        f"the {MAX_REQUESTS:,} a run simulates: lower --qps or --duration"
+                        + ("" if expected > MAX_ARRIVALS_DRAWN else " (or set --max-requests)"))
 
 
 def _inputs(args: argparse.Namespace) -> tuple[Cluster, ExpertLoads]:
@@ -171,7 +198,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                             "(pip install ray, or drop --ray-address to use local processes)")
     if args.workers is not None and args.workers < 1:
         raise VibeError("--workers must be >= 1")
+    # The report folder is checked now: a file there would lose every simulated point.
+    check_output_dir(args.out, "the sweep report")
     cluster, loads = _inputs(args)
+    check_slots(loads.num_experts, args.redundant, cluster.num_gpus, loads.num_layers)
     spec = _spec(args, loads)
     check_hardware(spec.hardware, cluster.num_gpus)
     for q in args.qps:

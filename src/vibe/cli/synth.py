@@ -6,7 +6,7 @@ import argparse
 
 import numpy as np
 
-from vibe.cli._common import MAX_GPUS, console, finite_float, int_range, positive_int, seed_int
+from vibe.cli._common import MAX_GPUS, check_outputs, check_size, console, finite_float, int_range, positive_int, seed_int
 from vibe.errors import VibeError
 from vibe.synth import MODEL_PRESETS, SCENARIOS, synth_cluster, synth_loads, synth_loads_for_model
 from vibe.synth.cluster import MAX_SPREAD
@@ -39,6 +39,7 @@ def register(cli) -> None:
 
 
 def cmd_cluster_synth(args: argparse.Namespace) -> int:
+    check_outputs([args.out])
     cluster = synth_cluster(args.gpus, scenario=args.scenario, seed=args.seed,
                             gpus_per_node=args.gpus_per_node, spread=args.spread)
     cluster.save(args.out)
@@ -52,6 +53,7 @@ def cmd_cluster_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_loads_synth(args: argparse.Namespace) -> int:
+    check_outputs([args.out])
     if args.model:
         if args.experts is not None or args.top_k is not None:
             raise VibeError("--model sets the experts and top_k; drop --experts/--top-k")
@@ -59,6 +61,9 @@ def cmd_loads_synth(args: argparse.Namespace) -> int:
     else:
         if args.experts is None or args.top_k is None:
             raise VibeError("--layers needs --experts and --top-k")
+        # float64 counts plus a few same-sized temporaries while drawing them
+        check_size(8.0 * 4 * args.layers * args.experts, f"{args.layers} layers x {args.experts} experts",
+                   "--layers or --experts")
         loads = synth_loads(args.layers, args.experts, args.top_k, seed=args.seed, tokens=args.tokens)
     loads.save(args.out)
     peak = max_over_mean(loads.counts)

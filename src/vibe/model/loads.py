@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vibe.errors import InputError
-from vibe.io import int_array, numeric_array, read_json, require_schema, write_json_atomic
+from vibe.io import int_array, json_int, numeric_array, read_json, require_schema, write_json_atomic
 
 LOADS_SCHEMA = "vibe.loads/v1"
 
@@ -64,10 +64,7 @@ class ExpertLoads:
     def from_dict(cls, obj: Any, source: object = "loads") -> "ExpertLoads":
         obj = require_schema(obj, LOADS_SCHEMA, source)
         counts = numeric_array(obj.get("counts"), "counts", source, 2)
-        try:
-            top_k = int(obj.get("top_k"))
-        except (TypeError, ValueError):
-            raise InputError(source, "'top_k' must be a positive integer") from None
+        top_k = json_int(obj.get("top_k"), "top_k", source, lo=1)  # 2.5 is refused, not truncated
         layer_ids = obj.get("layer_ids")
         ids = tuple(int_array(layer_ids, "layer_ids", source, 1).tolist()) if layer_ids is not None else ()
         extra = {k: v for k, v in obj.items() if k not in ("schema", "model", "top_k", "layer_ids", "counts")}

@@ -79,10 +79,18 @@ def read_moe_table(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 cols[c] = cols[c].astype(np.float64)
     except (TypeError, ValueError):
         raise InputError(p, f"column {c!r} is not numeric") from None
-    ok = np.isfinite(cols["latency"]) & (cols["latency"] > 0) & (cols["num_tokens"] > 0)
-    if not ok.any():
-        raise InputError(p, "no row with a positive latency")
-    return {c: v[ok] for c, v in cols.items()}
+    # A broken measurement is reported, never dropped: a curve silently built from the
+    # remaining rows would look like a real one.
+    for c in MOE_COLUMNS:
+        if c in ("distribution", "moe_dtype"):
+            continue
+        bad = np.flatnonzero(~np.isfinite(cols[c]) | (cols[c] <= 0 if c in ("latency", "num_tokens") else False))
+        if bad.size:
+            what = "NaN or inf" if not np.isfinite(cols[c][bad[0]]) else "a value <= 0"
+            raise InputError(p, f"{bad.size} row(s) hold {what} in column {c!r} (first: row {bad[0]})")
+    if not len(cols["latency"]):
+        raise InputError(p, "holds no row")
+    return cols
 
 
 def table_shapes(table: dict) -> list[tuple[int, int, int, int]]:
@@ -211,6 +219,8 @@ def read_fleet(path: str | os.PathLike, column: str | None = None) -> tuple[list
     except (UnicodeDecodeError, csv.Error) as exc:
         raise InputError(p, f"not a readable CSV ({exc})") from None
     classes = [h for h in header if h.startswith("PerfVar_")]
+    if column is not None and column not in header:
+        raise InputError(p, f"has no column {column!r} (--fleet-column); its columns: {', '.join(header[:12])}")
     if column is None:
         column = "perf" if {"uuid", "perf"} <= set(header) else (classes[0] if classes else None)
     if column is None or column not in header:
