@@ -22,11 +22,11 @@ class HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if not action.option_strings or "%(default)" in text or "(default" in text or "default:" in text:
+        if not action.option_strings or any(w in text for w in ("%(default)", "(default", "default:", "(required)")):
             return text
         if action.required:
             return f"{text} (required)".strip()
-        if action.default not in (None, False, [], argparse.SUPPRESS) and action.nargs != 0:
+        if _shows_default(action.default) and action.nargs != 0:
             return f"{text} (default: %(default)s)".strip()
         return text
 
@@ -95,7 +95,13 @@ def _give_every_option_help(parser: argparse.ArgumentParser) -> None:
                 _give_every_option_help(sub)
         elif action.option_strings and action.help is None:
             action.help = "(required)" if action.required else (
-                "(default: %(default)s)" if action.default not in (None, False, []) else " ")
+                "(default: %(default)s)" if _shows_default(action.default) else None)
+
+
+def _shows_default(default) -> bool:
+    # `is` checks: a default of 0 is worth showing, False (a flag's off state) is not.
+    return not (default is None or default is False or default is argparse.SUPPRESS
+                or (isinstance(default, list) and not default))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

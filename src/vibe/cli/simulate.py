@@ -23,7 +23,7 @@ def register(cli) -> None:
     s = cli.command("simulate", "simulate serving with a placement: TTFT, TPOT, SLO attainment", cmd_simulate)
     s.add_argument("--placement", required=True, help="vibe.placement/v1 file")
     _add_common(s)
-    s.add_argument("--qps", type=positive_float, default=None, help="request rate (with --trace: rescale the trace to it)")
+    s.add_argument("--qps", type=positive_float, default=None, help="request rate; required without --trace (with --trace: rescale the trace to it)")
     s.add_argument("--seed", type=seed_int, default=0)
     s.add_argument("--json", action="store_true", help="print one JSON object")
 
