@@ -11,8 +11,8 @@ import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from vibe.cli._common import (check_slots, console, err_console, nonneg_float, nonneg_int, positive_float, positive_int,
-                             seed_int)
+from vibe.cli._common import (check_slots, console, err_console, finite_float, nonneg_float, nonneg_int,
+                             positive_float, positive_int, seed_int)
 from vibe.errors import InputError, VibeError
 from vibe.io import check_output_dir
 from vibe.model import Cluster, ExpertLoads, Placement
@@ -61,9 +61,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch-tokens", type=positive_int, default=8192, help="token budget per step")
     p.add_argument("--max-running", type=positive_int, default=256, help="requests running at once")
     p.add_argument("--kv-tokens", type=positive_int, default=None, help="KV-cache capacity in tokens (default: unlimited)")
-    p.add_argument("--jitter", type=nonneg_float, default=0.0, metavar="CV", help="per-step GPU time noise (log-normal sigma)")
+    p.add_argument("--jitter", type=finite_float(0, 1), default=0.0, metavar="CV",
+                   help="per-step GPU time noise (log-normal sigma, 0 .. 1)")
     p.add_argument("--drift-gpus", type=nonneg_int, default=0, help="GPUs that heat up and slow down")
-    p.add_argument("--drift-slowdown", type=nonneg_float, default=0.15, help="their final extra time fraction")
+    p.add_argument("--drift-slowdown", type=finite_float(0, 10), default=0.15,
+                   help="their final extra time fraction (0 .. 10)")
     p.add_argument("--drift-start", type=nonneg_float, default=120.0, metavar="S", help="earliest drift onset (s)")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -144,7 +145,7 @@ class RoutingTrace:
                 if "schema" not in z or str(z["schema"]) != TRACE_SCHEMA:
                     raise InputError(p, f"not a {TRACE_SCHEMA} .npz file")
                 obj = {k: z[k] for k in z.files}
-        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
             raise InputError(p, f"not a readable .npz trace ({exc.__class__.__name__})") from None
         try:
             return cls(experts=obj["experts"], seq_offsets=obj["seq_offsets"],
