@@ -100,7 +100,7 @@ def table_shapes(table: dict) -> list[tuple[int, int, int, int]]:
 
 
 def _shape_text(shapes) -> str:
-    return "; ".join(f"--hidden {h} --intermediate {i} --num-experts {e} --topk {k}" for h, i, e, k in shapes)
+    return "; ".join(f"--hidden {h} --intermediate {i} --num-experts {e} --top-k {k}" for h, i, e, k in shapes)
 
 
 def _pick(values: np.ndarray, mask: np.ndarray, wanted, flag: str, source, default=None):
