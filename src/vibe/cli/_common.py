@@ -64,8 +64,10 @@ def int_range(lo: int | None = None, hi: int | None = None):
     return parse
 
 
-positive_int = int_range(1)
-nonneg_int = int_range(0)
+# Counts beyond 2**53 are no real input and overflow numpy's int64 and float64 maths.
+MAX_INT = 2**53
+positive_int = int_range(1, MAX_INT)
+nonneg_int = int_range(0, MAX_INT)
 seed_int = int_range(0, MAX_SEED)
 
 

@@ -62,7 +62,7 @@ def register(cli) -> None:
     fleet.add_argument("--fleet-column", default=None, help="column of factors (default perf or PerfVar_classA)")
     fleet.add_argument("--base", default=None, help="when TABLE is a fleet CSV: cluster file whose GPU 0 curve is spread")
     fleet.add_argument("--num-gpus", type=int_range(1, MAX_GPUS), default=None, help="GPUs to draw (default 8 with a fleet, else 1)")
-    fleet.add_argument("--gpus-per-node", type=positive_int, default=8)
+    fleet.add_argument("--gpus-per-node", type=int_range(1, MAX_GPUS), default=8)
     fleet.add_argument("--regime", choices=("compute", "all"), default="compute",
                        help="scale only the time above the memory floor (default) or the whole curve")
     fleet.add_argument("--seed", type=seed_int, default=0)

@@ -23,7 +23,7 @@ def register(cli) -> None:
     c.add_argument("--spread", type=finite_float(0, MAX_SPREAD), default=None, metavar="X",
                    help=f"p95 - p5 of GPU compute speed, 0 .. {MAX_SPREAD:g} (default: 0.053 as measured; "
                         "0 for identical)")
-    c.add_argument("--gpus-per-node", type=positive_int, default=8, metavar="K")
+    c.add_argument("--gpus-per-node", type=int_range(1, MAX_GPUS), default=8, metavar="K")
     c.add_argument("--seed", type=seed_int, default=0)
     c.add_argument("--out", required=True, help="cluster file to write (vibe.cluster/v1)")
 
