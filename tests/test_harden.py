@@ -54,7 +54,8 @@ def fails(argv, capsys, *fragments, out: Path | None = None, within_s: float = 5
     (["cluster", "synth", "--gpus", "2.5"], "--gpus: expected an integer"),
     (["cluster", "synth", "--gpus", "4", "--spread", "nan"], "--spread: must be a finite number"),
     (["loads", "synth", "--layers", "2", "--experts", "8", "--top-k", "2.5"], "--top-k: expected an integer"),
-    (["loads", "synth", "--layers", "100000", "--experts", "100000", "--top-k", "2"],
+    (["loads", "synth", "--layers", "100000", "--experts", "100000", "--top-k", "2"], "--layers: must be in 1..4096"),
+    (["loads", "synth", "--layers", "4096", "--experts", "65536", "--top-k", "2"],
      "over the 8 GiB limit: lower --layers or --experts"),
 ])
 def test_bad_numbers_stop_at_parsing(argv, words, tmp_path, capsys):

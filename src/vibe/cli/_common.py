@@ -34,6 +34,7 @@ err_console = _console(stderr=True)
 
 # ---- numbers -------------------------------------------------------------------------
 MAX_SEED = 2**63 - 1  # torch.manual_seed and numpy both take this
+_MAX_INT = 2**53  # counts beyond this are no real input and overflow int64 / float64 maths
 
 
 def _int(text: str) -> int:
@@ -55,8 +56,10 @@ def int_range(lo: int | None = None, hi: int | None = None):
 
     def parse(text: str) -> int:
         value = _int(text)
+        if lo is not None and value < lo and (hi is None or hi >= _MAX_INT):
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {text}")
         if (lo is not None and value < lo) or (hi is not None and value > hi):
-            span = f"{lo}..{hi}" if lo is not None and hi is not None else (f">= {lo}" if lo is not None else f"<= {hi}")
+            span = f"{lo}..{hi}" if lo is not None and hi is not None else f"<= {hi}"
             raise argparse.ArgumentTypeError(f"must be {'in ' if '..' in span else ''}{span}, got {text}")
         return value
 
@@ -64,10 +67,8 @@ def int_range(lo: int | None = None, hi: int | None = None):
     return parse
 
 
-# Counts beyond 2**53 are no real input and overflow numpy's int64 and float64 maths.
-MAX_INT = 2**53
-positive_int = int_range(1, MAX_INT)
-nonneg_int = int_range(0, MAX_INT)
+positive_int = int_range(1, _MAX_INT)
+nonneg_int = int_range(0, _MAX_INT)
 seed_int = int_range(0, MAX_SEED)
 
 

@@ -13,6 +13,12 @@ from vibe.synth.cluster import MAX_SPREAD
 from vibe.workload.stats import max_over_mean
 
 
+# Real MoE models have ~100 MoE layers and <= a few thousand experts; synthesis loops over
+# layers (about a millisecond each), so these bounds keep a run to seconds.
+MAX_LAYERS = 4096
+MAX_EXPERTS = 1 << 16
+
+
 def register(cli) -> None:
     c = cli.command("synth", "synthesize a cluster file from a GPU variability model", cmd_cluster_synth,
                     group="cluster")
@@ -30,8 +36,9 @@ def register(cli) -> None:
     lo = cli.command("synth", "synthesize skewed, layer-varying expert loads", cmd_loads_synth, group="loads")
     shape = lo.add_mutually_exclusive_group(required=True)
     shape.add_argument("--model", choices=sorted(MODEL_PRESETS), help="shape the loads like this model")
-    shape.add_argument("--layers", type=positive_int, metavar="L", help="MoE layers (with --experts and --top-k)")
-    lo.add_argument("--experts", type=positive_int, metavar="E")
+    shape.add_argument("--layers", type=int_range(1, MAX_LAYERS), metavar="L",
+                       help="MoE layers (with --experts and --top-k)")
+    lo.add_argument("--experts", type=int_range(1, MAX_EXPERTS), metavar="E")
     lo.add_argument("--top-k", type=positive_int, metavar="K")
     lo.add_argument("--tokens", type=positive_int, default=8192, help="tokens in the profiled window (default: 8192)")
     lo.add_argument("--seed", type=seed_int, default=0)
@@ -62,7 +69,7 @@ def cmd_loads_synth(args: argparse.Namespace) -> int:
         if args.experts is None or args.top_k is None:
             raise VibeError("--layers needs --experts and --top-k")
         # float64 counts plus a few same-sized temporaries while drawing them
-        check_size(8.0 * 4 * args.layers * args.experts, f"{args.layers} layers x {args.experts} experts",
+        check_size(8.0 * 5 * args.layers * args.experts, f"{args.layers} layers x {args.experts} experts",
                    "--layers or --experts")
         loads = synth_loads(args.layers, args.experts, args.top_k, seed=args.seed, tokens=args.tokens)
     loads.save(args.out)
