@@ -255,6 +255,14 @@ def test_a_fifo_is_written_into_not_replaced(tmp_path):
             fh.write("hello")
     reader.join(5)
     assert got == ["hello"] and stat.S_ISFIFO(fifo.stat().st_mode)
+    # a link to a pipe (what /dev/stdout is in `vibe ... --out /dev/stdout | cat`)
+    link = tmp_path / "stdout"
+    link.symlink_to(fifo)
+    reader = threading.Thread(target=lambda: got.append(open(fifo).read()))
+    reader.start()
+    write_text_atomic(link, "through the link")
+    reader.join(5)
+    assert got[-1] == "through the link" and link.is_symlink() and stat.S_ISFIFO(fifo.stat().st_mode)
 
 
 # ---- pipes, help, cluster edit ------------------------------------------------------------

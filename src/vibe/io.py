@@ -35,9 +35,11 @@ def _umask() -> int:
 
 
 def _resolve_output(path: str | os.PathLike) -> Path:
-    """The path a write really goes to: symlinks followed (also dangling ones)."""
+    """The path a write really goes to: symlinks followed (also dangling ones). A link to a
+    device or pipe (/dev/stdout -> /proc/self/fd/1 -> pipe:[N]) stays as it is: only
+    opening it reaches the pipe, its resolved name does not exist."""
     target = Path(path)
-    if target.is_symlink():
+    if target.is_symlink() and not _is_special(target):
         return Path(os.path.realpath(target))
     return target
 
