@@ -296,3 +296,46 @@ def test_random_esft_folders(lines):
         out = Path(d) / "l.json"
         check_run(["loads", "import", "--format", "esft", folder, "--top-k", "2", "--num-experts", "8", "--out", out],
                   out, "loads")
+
+
+@examples(12)
+@given(data=st.data(), which=st.sampled_from(["meta_info.json", "rank0.safetensors"]))
+def test_mutated_trtllm_folders(data, which):
+    from safetensors.numpy import save_file
+
+    with tempfile.TemporaryDirectory() as d:
+        folder = Path(d) / "stats"
+        folder.mkdir()
+        (folder / "meta_info.json").write_text(json.dumps({"num_experts": 4, "num_experts_per_token": 2}))
+        save_file({"0_1": np.array([1, 2, 3, 4]), "1_1": np.array([4, 3, 2, 1])}, str(folder / "rank0.safetensors"))
+        good = (folder / which).read_bytes()
+        blob = data.draw(mutated_json(good.decode()) if which.endswith(".json") else mutated_bytes(good))
+        (folder / which).write_bytes(blob)
+        out = Path(d) / "l.json"
+        check_run(["loads", "import", "--format", "trtllm", folder, "--out", out], out, "loads")
+
+
+@examples(12)
+@given(data=st.data())
+def test_mutated_parquet_tables(data):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    n = 6
+    cols = {"num_tokens": [1.0, 2, 4, 8, 16, 32], "hidden_size": [8] * n, "inter_size": [8] * n, "topk": [1] * n,
+            "num_experts": [1] * n, "moe_tp_size": [1] * n, "moe_ep_size": [1] * n,
+            "distribution": ["balanced"] * n, "moe_dtype": ["bf16"] * n,
+            "latency": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]}
+    # one column's values replaced by drawn numbers (NaN, inf, negative, huge included)
+    col = data.draw(st.sampled_from(["num_tokens", "latency", "hidden_size", "moe_ep_size"]))
+    cols[col] = data.draw(st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=n, max_size=n))
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.table(cols), buf)
+    blob = buf.getvalue().to_pybytes()
+    if data.draw(st.booleans()):
+        blob = data.draw(mutated_bytes(blob))
+    with tempfile.TemporaryDirectory() as d:
+        table = Path(d) / "t.parquet"
+        table.write_bytes(blob)
+        out = Path(d) / "c.json"
+        check_run(["profile", "import", table, "--hidden", "8", "--out", out], out, "cluster")

@@ -88,6 +88,10 @@ def read_moe_table(path: str | os.PathLike) -> dict[str, np.ndarray]:
         if bad.size:
             what = "NaN or inf" if not np.isfinite(cols[c][bad[0]]) else "a value <= 0"
             raise InputError(p, f"{bad.size} row(s) hold {what} in column {c!r} (first: row {bad[0]})")
+    for c in ("hidden_size", "inter_size", "topk", "num_experts", "moe_tp_size", "moe_ep_size"):
+        bad = np.flatnonzero((cols[c] < 1) | (cols[c] > 2**31) | (cols[c] != np.round(cols[c])))
+        if bad.size:
+            raise InputError(p, f"{bad.size} row(s) hold a {c} that is not a positive integer (first: row {bad[0]})")
     if not len(cols["latency"]):
         raise InputError(p, "holds no row")
     return cols
