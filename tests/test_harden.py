@@ -70,6 +70,7 @@ def test_bad_numbers_stop_at_parsing(argv, words, tmp_path, capsys):
     (["--drift-slowdown", "nan"], "--drift-slowdown: must be a finite number"),
     (["--seed", "-3"], "--seed"),
     (["--qps", "1e6", "--duration", "1e6"], "requests, over the 1,000,000"),
+    (["--output-len", "10000000"], "steps (limit 1,000,000)"),
 ])
 def test_simulate_numbers(files, capsys, extra, words):
     argv = ["simulate", "--cluster", files["cluster"], "--loads", files["loads"], "--placement", files["plan"],

@@ -82,7 +82,8 @@ def _spec(args: argparse.Namespace, loads: ExpertLoads):
     if args.trace is None and args.qps is None:
         raise VibeError("give --qps (Poisson arrivals) or --trace FILE")
     if args.trace is None:
-        _check_requests(max(args.qps) if isinstance(args.qps, list) else args.qps, args.duration, args.max_requests)
+        _check_requests(max(args.qps) if isinstance(args.qps, list) else args.qps, args.duration, args.max_requests,
+                        args.input_len, args.output_len, args.max_batch_tokens)
     elif args.qps is not None:  # read now: a trace that cannot be rescaled fails before any work, by its name
         from vibe.sim.workload import read_azure_trace
 
@@ -107,12 +108,23 @@ MAX_REQUESTS = 1_000_000
 MAX_ARRIVALS_DRAWN = 20_000_000
 
 
-def _check_requests(qps: float, duration_s: float, max_requests: int | None) -> None:
+MAX_STEPS = 1_000_000  # tens of microseconds to milliseconds each
+
+
+def _check_requests(qps: float, duration_s: float, max_requests: int | None, input_len: int, output_len: int,
+                    max_batch_tokens: int) -> None:
     expected = qps * duration_s
     if expected > MAX_ARRIVALS_DRAWN or min(expected, max_requests or expected) > MAX_REQUESTS:
         raise VibeError(f"--qps {qps:g} for --duration {duration_s:g} s gives about {expected:,.0f} requests, over "
                         f"the {MAX_REQUESTS:,} a run simulates: lower --qps or --duration"
                         + ("" if expected > MAX_ARRIVALS_DRAWN else " (or set --max-requests)"))
+    # At least: the last request's decode steps, plus every prompt token through the step budget.
+    requests = max(1.0, min(expected, max_requests or expected))
+    steps = output_len + requests * input_len / max_batch_tokens
+    if steps > MAX_STEPS:
+        raise VibeError(f"--input-len {input_len} / --output-len {output_len} for about {requests:,.0f} requests need "
+                        f"over {steps:,.0f} steps (limit {MAX_STEPS:,}): lower them, --qps or --duration, or raise "
+                        "--max-batch-tokens")
 
 
 def _inputs(args: argparse.Namespace) -> tuple[Cluster, ExpertLoads]:
