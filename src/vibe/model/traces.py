@@ -25,6 +25,7 @@ from vibe.model.loads import ExpertLoads
 TRACE_SCHEMA = "vibe.trace/v1"
 # Cap of the cached per-sequence count table (int32 entries: 2**26 = 256 MiB).
 SEQUENCE_COUNTS_MAX_ENTRIES = 1 << 26
+MAX_EXPERTS = 1 << 16  # routed experts per layer; real models have at most a few hundred
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,8 @@ def _validate(t: RoutingTrace, source: object) -> None:
         raise InputError(source, f"experts must be a non-empty [layers, tokens, top_k] array, got {list(ex.shape)}")
     if ex.dtype.kind not in "iu":
         raise InputError(source, "expert ids must be integers")
+    if t.num_experts > MAX_EXPERTS:  # counting allocates [layers, num_experts]
+        raise InputError(source, f"num_experts={t.num_experts} is past {MAX_EXPERTS:,}")
     if t.num_experts < 1 or ex.min() < 0 or ex.max() >= t.num_experts:
         raise InputError(source, f"expert ids must lie in 0..{t.num_experts - 1}")
     if off.ndim != 1 or len(off) < 2 or off[0] != 0 or off[-1] != ex.shape[1] or np.any(np.diff(off) <= 0):
