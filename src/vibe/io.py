@@ -216,7 +216,7 @@ def json_int(value: Any, name: str, source: object, lo: int | None = None) -> in
     ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
     if ok and isinstance(value, (float, np.floating)):
         ok = bool(np.isfinite(value)) and float(value).is_integer()
-    if not ok or (lo is not None and value < lo):
+    if not ok or (lo is not None and value < lo) or abs(value) > 2**53:
         want = "an integer" if lo is None else ("a positive integer" if lo == 1 else f"an integer >= {lo}")
         raise InputError(source, f"{name!r} must be {want}, got {value!r}")
     return int(value)
@@ -227,4 +227,6 @@ def int_array(value: Any, name: str, source: object, ndim: int) -> np.ndarray:
     arr = numeric_array(value, name, source, ndim)
     if arr.size and not np.all(arr == np.round(arr)):
         raise InputError(source, f"{name!r} must hold integers")
+    if arr.size and np.abs(arr).max() > 2**53:  # past this int64 casts wrap and floats lose integers
+        raise InputError(source, f"{name!r} holds an integer beyond 2**53")
     return arr.astype(np.int64)

@@ -17,7 +17,7 @@ import yaml
 
 from vibe.engines.plain import RawCounts, check_counts, fold_slot_counts, merge_raw
 from vibe.errors import InputError
-from vibe.io import read_json, write_text_atomic
+from vibe.io import json_int, read_json, write_text_atomic
 from vibe.model import ExpertLoads, Placement
 
 
@@ -58,10 +58,10 @@ def read_trtllm_folder(folder: str | os.PathLike, placement: Placement | None = 
     meta = read_json(root / "meta_info.json")
     if not isinstance(meta, dict):
         raise InputError(root / "meta_info.json", "expected a JSON object")
-    try:
-        num_experts, top_k = int(meta["num_experts"]), int(meta["num_experts_per_token"])
-    except (KeyError, TypeError, ValueError):
-        raise InputError(root / "meta_info.json", "needs integer 'num_experts' and 'num_experts_per_token'") from None
+    if "num_experts" not in meta or "num_experts_per_token" not in meta:
+        raise InputError(root / "meta_info.json", "needs integer 'num_experts' and 'num_experts_per_token'")
+    num_experts = json_int(meta["num_experts"], "num_experts", root / "meta_info.json", lo=1)
+    top_k = json_int(meta["num_experts_per_token"], "num_experts_per_token", root / "meta_info.json", lo=1)
     files = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _RANK_FILE.match(p.name)))
     if not files:
         raise InputError(root, "holds no rank<R>.safetensors file")

@@ -154,6 +154,8 @@ class RoutingTrace:
                        model=str(obj.get("model", "")))
         except KeyError as exc:
             raise InputError(p, f"missing array {exc}") from None
+        except (TypeError, ValueError, OverflowError):  # e.g. a NaN or a list as num_experts
+            raise InputError(p, "num_experts and layer_ids must be integers") from None
         except InputError as exc:
             raise InputError(p, exc.problem) from None
 

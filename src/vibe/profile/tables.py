@@ -66,7 +66,7 @@ def read_moe_table(path: str | os.PathLike) -> dict[str, np.ndarray]:
     require_file(p, "a .parquet MoE latency table")
     try:
         table = pq.read_table(p)
-    except (pa.ArrowInvalid, OSError) as exc:
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:  # a damaged footer fails in many ways
         raise InputError(p, f"not a readable parquet table ({str(exc).splitlines()[0]})") from None
     missing = [c for c in MOE_COLUMNS if c not in table.column_names]
     if missing:
@@ -88,6 +88,13 @@ def read_moe_table(path: str | os.PathLike) -> dict[str, np.ndarray]:
         if bad.size:
             what = "NaN or inf" if not np.isfinite(cols[c][bad[0]]) else "a value <= 0"
             raise InputError(p, f"{bad.size} row(s) hold {what} in column {c!r} (first: row {bad[0]})")
+    # Plausible physical ranges (a nanosecond to a day; up to a trillion tokens): past them
+    # the curve fit squares and multiplies its way to inf.
+    for c, lo, hi in (("latency", 1e-6, 8.64e7), ("num_tokens", 1, 1e12)):
+        bad = np.flatnonzero((cols[c] < lo) | (cols[c] > hi))
+        if bad.size:
+            raise InputError(p, f"{bad.size} row(s) hold a {c} outside {lo:g} .. {hi:g} (first: row {bad[0]}, "
+                                f"{cols[c][bad[0]]:g})")
     for c in ("hidden_size", "inter_size", "topk", "num_experts", "moe_tp_size", "moe_ep_size"):
         bad = np.flatnonzero((cols[c] < 1) | (cols[c] > 2**31) | (cols[c] != np.round(cols[c])))
         if bad.size:
