@@ -103,6 +103,8 @@ def read_npy_counts(path: str | os.PathLike) -> RawCounts:
         arr = np.load(p, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise InputError(p, f"not a readable .npy array ({exc})") from None
+    except Exception as exc:  # a damaged header is parsed as Python literals: SyntaxError, TokenError, ...
+        raise InputError(p, f"not a readable .npy array (damaged header: {exc.__class__.__name__})") from None
     if isinstance(arr, np.lib.npyio.NpzFile):
         arr.close()
         raise InputError(p, "is an .npz archive, expected one .npy array")

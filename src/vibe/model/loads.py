@@ -16,6 +16,7 @@ from vibe.errors import InputError
 from vibe.io import int_array, json_int, numeric_array, read_json, require_schema, write_json_atomic
 
 LOADS_SCHEMA = "vibe.loads/v1"
+MAX_COUNT = 2.0**53
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,9 @@ def _validate(loads: ExpertLoads, source: object) -> None:
         overflow = not np.all(np.isfinite(c.sum(axis=1)))
     if overflow:
         raise InputError(source, "counts too large: a layer's total overflows")
+    if np.any(c > MAX_COUNT):  # no profile routes that many tokens; int64 writes would wrap
+        l, e = np.argwhere(c > MAX_COUNT)[0]
+        raise InputError(source, f"count {c[l, e]:g} at layer row {l}, expert {e} is beyond 2**53")
     if not isinstance(loads.top_k, (int, np.integer)) or loads.top_k < 1:
         raise InputError(source, "'top_k' must be a positive integer")
     if loads.top_k > c.shape[1]:
