@@ -106,7 +106,7 @@ def test_worker_reports_error_and_releases_barrier(torch):
 @pytest.mark.parametrize("argv, words", [
     (["--devices", "tpu"], "unknown device 'tpu'"),
     (["--devices", "cuda:3"], "unknown device 'cuda:3'"),
-    (["--hidden", "0"], "impossible shape"),
+    (["--hidden", "0"], "argument --hidden: must be >= 1"),
     (["--hidden", "2000000", "--intermediate", "2000000"], "impossible shape"),
     (["--dtype", "fp8"], "fp8 is not supported on cpu"),
     (["--tokens", "4,2"], "strictly increasing"),

@@ -80,7 +80,7 @@ def _fails(args, capsys, *words):
 
 @pytest.mark.parametrize("qps", ["0", "-1"])
 def test_bad_qps(files, capsys, qps):
-    _fails(_sim(files, "--qps", qps), capsys, "QPS must be a positive number")
+    _fails(_sim(files, "--qps", qps), capsys, "argument --qps: must be > 0")
 
 
 def test_empty_and_malformed_trace(files, tmp_path, capsys):

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
-from vibe.cli._common import console
-from vibe.errors import VibeError
+from vibe.cli._common import check_outputs, console, nonneg_int, positive_int
+from vibe.errors import InputError, VibeError
 from vibe.model import ExpertLoads, Placement, RoutingTrace
 
 IMPORT_FORMATS = ("sglang", "trtllm", "esft", "json", "npy")
@@ -27,8 +27,8 @@ def register(cli) -> None:
     p.add_argument("--format", required=True, choices=IMPORT_FORMATS)
     p.add_argument("--out", required=True, help="loads file to write (vibe.loads/v1)")
     p.add_argument("--trace", default=None, metavar="NPZ", help="esft: also write the token-level trace (.npz)")
-    p.add_argument("--top-k", type=int, default=None, help="experts per token (when the files do not say)")
-    p.add_argument("--num-experts", type=int, default=None,
+    p.add_argument("--top-k", type=positive_int, default=None, help="experts per token (when the files do not say)")
+    p.add_argument("--num-experts", type=positive_int, default=None,
                    help="routed experts per layer of the model (esft default 64); trtllm: refuses statistics "
                         "that count slots (load balancer on) unless --placement folds them")
     p.add_argument("--moe-layers", default=None, metavar="SPEC",
@@ -41,7 +41,7 @@ def register(cli) -> None:
     s = cli.command("stats", "skew of a profile per layer (max/mean, Gini, entropy) and co-activation",
                     cmd_stats, group="loads")
     s.add_argument("path", metavar="LOADS_OR_TRACE", help="vibe.loads/v1 file or trace .npz (co-activation needs a trace)")
-    s.add_argument("--pairs", type=int, default=1, metavar="N", help="most co-activated pairs to show per layer")
+    s.add_argument("--pairs", type=nonneg_int, default=1, metavar="N", help="most co-activated pairs to show per layer")
     s.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
     d = cli.command("diff", "distance between two profiles per layer and overall (total variation, cosine)",
@@ -55,7 +55,7 @@ def register(cli) -> None:
     e.add_argument("path", metavar="LOADS", help="vibe.loads/v1 file")
     e.add_argument("--format", required=True, choices=EXPORT_FORMATS)
     e.add_argument("--out", required=True, help="sglang: .pt or .json; json: counts object; npy: [layers, experts]")
-    e.add_argument("--num-hidden-layers", type=int, default=None,
+    e.add_argument("--num-hidden-layers", type=positive_int, default=None,
                    help="sglang: decoder layers of the model (default: last MoE layer + 1)")
 
 
@@ -107,6 +107,7 @@ def _import_esft(args: argparse.Namespace, moe_layers) -> tuple[ExpertLoads, Rou
 def cmd_import(args: argparse.Namespace) -> int:
     from vibe.loadstats import max_over_mean
 
+    check_outputs([args.out, args.trace], [*args.paths, args.placement])
     loads, trace = import_loads(args)
     if args.format == "trtllm" and args.num_experts is None and args.placement is None:
         console.print(f"note: read as {loads.num_experts} experts per layer; statistics recorded with TensorRT-LLM's "
@@ -133,14 +134,21 @@ def read_profile(path: str) -> tuple[ExpertLoads, RoutingTrace | None]:
     return ExpertLoads.load(path), None
 
 
-def profile_stats(loads: ExpertLoads, trace: RoutingTrace | None, pairs: int) -> dict:
+def profile_stats(loads: ExpertLoads, trace: RoutingTrace | None, pairs: int, source: object = "loads") -> dict:
     from vibe.loadstats import coactivation, layer_skew, top_pairs
 
+    seen = loads.counts.sum(axis=1) > 0
+    if not seen.any():
+        raise InputError(source, "every count is zero: no token was routed, so there is no skew to report")
+    # A layer that saw no token has no skew: null in JSON, "-" in the table, left out of
+    # the summary (the stats functions would call it uniform).
     skew = layer_skew(loads)
     out = {"model": loads.model, "top_k": loads.top_k, "num_experts": loads.num_experts,
-           "layer_ids": list(loads.layer_ids), **{k: v.tolist() for k, v in skew.items()},
-           "summary": {k: {"min": float(v.min()), "median": float(np.median(v)), "max": float(v.max())}
-                       for k, v in skew.items()}}
+           "layer_ids": list(loads.layer_ids),
+           **{k: [float(x) if s else None for x, s in zip(v, seen)] for k, v in skew.items()},
+           "empty_layers": [l for l, s in zip(loads.layer_ids, seen) if not s],
+           "summary": {k: {"min": float(v[seen].min()), "median": float(np.median(v[seen])),
+                           "max": float(v[seen].max())} for k, v in skew.items()}}
     if trace is not None and pairs > 0:
         out["top_pairs"] = [[{"a": a, "b": b, "tokens": n, "lift": lift}
                              for a, b, n, lift in top_pairs(coactivation(trace.experts[l], trace.num_experts),
@@ -151,7 +159,7 @@ def profile_stats(loads: ExpertLoads, trace: RoutingTrace | None, pairs: int) ->
 
 def cmd_stats(args: argparse.Namespace) -> int:
     loads, trace = read_profile(args.path)
-    st = profile_stats(loads, trace, args.pairs)
+    st = profile_stats(loads, trace, args.pairs, args.path)
     if args.json:
         print(json.dumps(st))
         return 0
@@ -161,7 +169,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if "top_pairs" in st:
         t.add_column("top co-activated pair (tokens, lift)", justify="left")
     for i, layer in enumerate(loads.layer_ids):
-        row = [str(layer), f"{st['max_over_mean'][i]:.2f}", f"{st['gini'][i]:.3f}", f"{st['entropy'][i]:.3f}"]
+        if st["max_over_mean"][i] is None:
+            row = [str(layer), "-", "-", "-  (no token)"]
+        else:
+            row = [str(layer), f"{st['max_over_mean'][i]:.2f}", f"{st['gini'][i]:.3f}", f"{st['entropy'][i]:.3f}"]
         if "top_pairs" in st:
             row.append("  ".join(f"{p['a']}+{p['b']} ({p['tokens']}, {p['lift']:.1f}x)" for p in st["top_pairs"][i]))
         t.add_row(*row)
@@ -196,6 +207,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 # ---- export -------------------------------------------------------------------------
 def cmd_export(args: argparse.Namespace) -> int:
+    check_outputs([args.out], [args.path])
     loads = ExpertLoads.load(args.path)
     out = Path(args.out)
     if args.format == "sglang":

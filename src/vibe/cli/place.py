@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 from rich.table import Table
 
-from vibe.cli._common import add_operating_points, console, fmt_us, operating_points
+from vibe.cli._common import (add_operating_points, check_outputs, check_slots, console, err_console, fmt_us,
+                              nonneg_int, operating_points, positive_float, positive_int, seed_int)
 from vibe.cost import evaluate, normalize_weights, weighted_moe_time
-from vibe.errors import VibeError
+from vibe.errors import InputError, VibeError
 from vibe.model import Cluster, ExpertLoads, Placement
 from vibe.policies import PlacementOptions, available_policies, place
 from vibe.stochastic import DEFAULT_SAMPLES, check_trace_matches, expected_step_time, load_traces
@@ -24,8 +26,8 @@ def register(cli) -> None:
     p.add_argument("--cluster", required=True, help="vibe.cluster/v1 file")
     p.add_argument("--loads", required=True, help="vibe.loads/v1 file")
     p.add_argument("--policy", default="vibe", help=f"one of: {', '.join(available_policies())} (default: vibe)")
-    p.add_argument("--redundant", type=int, default=0, metavar="R", help="extra replica slots per layer")
-    p.add_argument("--num-groups", type=int, default=None, metavar="N",
+    p.add_argument("--redundant", type=nonneg_int, default=0, metavar="R", help="extra replica slots per layer")
+    p.add_argument("--num-groups", type=positive_int, default=None, metavar="N",
                    help="expert groups kept inside one node (hierarchical placement)")
     add_operating_points(p)
     p.add_argument("--split", choices=("even", "speed"), default="even",
@@ -35,16 +37,16 @@ def register(cli) -> None:
                         "given, else drawn from the loads' average shares)")
     p.add_argument("--traces", default=None,
                    help="token-level routing traces (.npz vibe trace or ESFT domain folder); implies --robust")
-    p.add_argument("--samples", type=int, default=None, metavar="K",
+    p.add_argument("--samples", type=positive_int, default=None, metavar="K",
                    help=f"re-sampled steps per operating point for --robust (default: {DEFAULT_SAMPLES})")
-    p.add_argument("--time-limit", type=float, default=60.0, metavar="S", help="for search policies (exact)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--time-limit", type=positive_float, default=60.0, metavar="S", help="for search policies (exact)")
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--format", nargs="+", choices=ENGINE_FORMATS, default=["vibe"],
                    help="also write engine files next to --out: OUT.sglang.json, OUT.trtllm.yaml")
-    p.add_argument("--num-hidden-layers", type=int, default=None,
+    p.add_argument("--num-hidden-layers", type=positive_int, default=None,
                    help="decoder layers of the model, for SGLang's layer axis and TensorRT-LLM's MTP layer ids "
                         "(default: last MoE layer + 1)")
-    p.add_argument("--mtp-layers", type=int, default=None, metavar="N",
+    p.add_argument("--mtp-layers", type=nonneg_int, default=None, metavar="N",
                    help="trtllm: MTP MoE layers num_hidden_layers + i to add (default: the model's, "
                         "DeepSeek-V3/R1: 1, others 0); they get the last MoE layer's assignment")
     p.add_argument("--out", required=True, help="placement file to write (vibe.placement/v1)")
@@ -58,9 +60,9 @@ def register(cli) -> None:
     e.add_argument("--traces", default=None,
                    help="also report the expected per-step MoE time over batches re-sampled from these "
                         "token-level traces (.npz vibe trace or ESFT domain folder)")
-    e.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, metavar="K",
+    e.add_argument("--samples", type=positive_int, default=DEFAULT_SAMPLES, metavar="K",
                    help=f"re-sampled steps per operating point for --traces (default: {DEFAULT_SAMPLES})")
-    e.add_argument("--seed", type=int, default=0, help="seed of the re-sampling")
+    e.add_argument("--seed", type=seed_int, default=0, help="seed of the re-sampling")
     e.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
@@ -103,15 +105,23 @@ def cmd_place(args: argparse.Namespace) -> int:
     from vibe.engines.trtllm import trtllm_placement_yaml
     from vibe.io import json_default, write_text_atomic
 
+    out = Path(args.out)
+    check_outputs([out, *(engine_paths(out)[f] for f in args.format if f != "vibe")],
+                  [args.cluster, args.loads, args.traces])
     cluster = Cluster.load(args.cluster)
     loads = ExpertLoads.load(args.loads)
+    check_slots(loads.num_experts, args.redundant, cluster.num_gpus, loads.num_layers)
     options = options_from_args(args, cluster.num_gpus)
     if options.weights is not None:
         normalize_weights(options.batch_tokens, options.weights)
     if args.traces:  # read once here: bad traces fail before any solving, with the file named
         options = dataclasses.replace(options, extras=dict(options.extras, traces=read_traces(args.traces, loads)))
+    if args.split == "speed" and args.redundant == 0:
+        raise VibeError("--split speed shares tokens between replicas: it needs --redundant R > 0")
     placement = place(loads, cluster, args.policy, options)
-    out = Path(args.out)
+    if args.split == "speed" and placement.replica_weights is None:
+        err_console.print(f"vibe: warning: policy {args.policy!r} ignores --split speed (it writes no "
+                          "replica_weights): its replicas split evenly")
     # Build every output in memory and check every target first, so that a failure
     # leaves no file behind (each write is atomic on its own).
     paths = engine_paths(out)
@@ -133,10 +143,12 @@ def cmd_place(args: argparse.Namespace) -> int:
     for path, _ in outputs:
         if path.is_dir():
             raise VibeError(f"{path}: is a folder, cannot write the placement there")
+    # Predict before writing: a placement whose predicted time overflows is not written.
+    points = evaluate(placement, loads, cluster, options.batch_tokens, options.weights, with_lower_bound=False)
+    _check_finite(points, args.cluster)
     for path, text in outputs:
         write_text_atomic(path, text)
     written = [str(path) for path, _ in outputs]
-    points = evaluate(placement, loads, cluster, options.batch_tokens, options.weights, with_lower_bound=False)
     summary = ", ".join(f"B={p.batch_tokens:g}: {fmt_us(p.moe_time_us)}" for p in points)
     console.print(f"[bold]{args.policy}[/]: {loads.num_layers} layers x {placement.num_slots} slots on "
                   f"{cluster.num_gpus} GPUs; predicted MoE time per step {summary}")
@@ -164,6 +176,14 @@ def cmd_place(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_finite(points, source: str) -> None:
+    """Refuse predictions that overflowed (curves or batch sizes too large to add up)."""
+    for p in points:
+        if not math.isfinite(p.moe_time_us):
+            raise InputError(source, f"the predicted MoE time at B={p.batch_tokens:g} overflows; "
+                                     "its latency curves or --batch-tokens are too large")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     cluster = Cluster.load(args.cluster)
     loads = ExpertLoads.load(args.loads)
@@ -176,6 +196,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     batch_tokens = operating_points(args, cluster.num_gpus)
     points = evaluate(placement, loads, cluster, batch_tokens, args.weights,
                       with_lower_bound=not args.no_lower_bound)
+    _check_finite(points, args.cluster)
     steps = step_stats(placement, loads, cluster, batch_tokens, args.samples, args.seed, trace) if trace else None
     if args.json:
         out = {"policy": placement.policy, "num_gpus": cluster.num_gpus,

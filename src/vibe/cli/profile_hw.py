@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
-from vibe.cli._common import console, err_console, fmt_us
+from vibe.cli._common import (MAX_GPUS, check_outputs, console, err_console, fmt_us, int_range, nonneg_float, nonneg_int,
+                             positive_float, positive_int, seed_int)
 from vibe.errors import InputError
 from vibe.model import Cluster, GpuProfile
 from vibe.profile.fit import FIT_METHODS, fit_curve
@@ -20,23 +21,23 @@ DTYPE_CHOICES = ("bf16", "fp16", "fp8", "fp32")  # = vibe.profile.hardware.DTYPE
 def register(cli) -> None:
     p = cli.command("hw", "measure each device's expert FFN latency curve for real (torch)", cmd_hw,
                     group="profile")
-    p.add_argument("--hidden", type=int, required=True, help="model hidden size H")
-    p.add_argument("--intermediate", type=int, required=True, help="expert intermediate size I")
+    p.add_argument("--hidden", type=positive_int, required=True, help="model hidden size H")
+    p.add_argument("--intermediate", type=positive_int, required=True, help="expert intermediate size I")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="bf16")
     p.add_argument("--devices", default="auto",
                    help="auto (all GPUs, else cpu), cpu, cuda (all GPUs) or a list: cuda:0,cuda:1")
     p.add_argument("--tokens", type=_int_list, default=None, metavar="N,N,...",
                    help="token counts (default 1,2,4..8192 on GPUs, 1..256 on cpu)")
-    p.add_argument("--repeats", type=int, default=15, help="rounds over the token grid (default 15)")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--max-seconds", type=float, default=60.0, help="stop the rounds after this (default 60)")
-    p.add_argument("--threads", type=int, default=None, help="cpu only: torch threads (default: torch's)")
+    p.add_argument("--repeats", type=positive_int, default=15, help="rounds over the token grid (default 15)")
+    p.add_argument("--warmup", type=nonneg_int, default=3)
+    p.add_argument("--max-seconds", type=positive_float, default=60.0, help="stop the rounds after this (default 60)")
+    p.add_argument("--threads", type=positive_int, default=None, help="cpu only: torch threads (default: torch's)")
     p.add_argument("--fit", choices=FIT_METHODS, default="isotonic", help="curve written (default isotonic)")
-    p.add_argument("--num-experts", type=int, default=256, help="router width for the per-layer overhead")
-    p.add_argument("--top-k", type=int, default=8)
-    p.add_argument("--node", type=int, default=0, help="node index written for these devices")
+    p.add_argument("--num-experts", type=positive_int, default=256, help="router width for the per-layer overhead")
+    p.add_argument("--top-k", type=positive_int, default=8)
+    p.add_argument("--node", type=nonneg_int, default=0, help="node index written for these devices")
     p.add_argument("--name", default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--out", required=True, help="cluster file to write (vibe.cluster/v1)")
 
     i = cli.command("import", "turn a measured MoE latency table or a fleet table into a cluster file",
@@ -44,33 +45,34 @@ def register(cli) -> None:
     i.add_argument("table", metavar="TABLE", help="MoE latency table (.parquet) or fleet table (.csv)")
     i.add_argument("--out", required=True, help="cluster file to write (vibe.cluster/v1)")
     shape = i.add_argument_group("shape (default: DeepSeek-V3 when the table has it)")
-    shape.add_argument("--hidden", type=int, default=None)
-    shape.add_argument("--intermediate", type=int, default=None)
-    shape.add_argument("--num-experts", type=int, default=None)
-    shape.add_argument("--topk", type=int, default=None)
+    shape.add_argument("--hidden", type=positive_int, default=None)
+    shape.add_argument("--intermediate", type=positive_int, default=None)
+    shape.add_argument("--num-experts", type=positive_int, default=None)
+    shape.add_argument("--top-k", "--topk", dest="topk", type=positive_int, default=None,
+                       help="experts per token (--topk: the table's own spelling)")
     rows = i.add_argument_group("rows")
     rows.add_argument("--table-dtype", default=None, help="moe_dtype of the rows (e.g. fp8_block)")
     rows.add_argument("--kernel", default=None, help="kernel_source of the rows")
-    rows.add_argument("--tp", type=int, default=None, help="moe_tp_size (default 1)")
-    rows.add_argument("--ep", type=int, default=None, help="moe_ep_size the curve is taken from")
+    rows.add_argument("--tp", type=positive_int, default=None, help="moe_tp_size (default 1)")
+    rows.add_argument("--ep", type=positive_int, default=None, help="moe_ep_size the curve is taken from")
     rows.add_argument("--distribution", default=None, help="default: balanced or uniform")
     i.add_argument("--fit", choices=FIT_METHODS, default="isotonic")
     fleet = i.add_argument_group("fleet: spread the curve over real per-GPU speed factors")
     fleet.add_argument("--fleet", default=None, metavar="CSV", help="fleet table (gpu-variability/*.csv)")
     fleet.add_argument("--fleet-column", default=None, help="column of factors (default perf or PerfVar_classA)")
     fleet.add_argument("--base", default=None, help="when TABLE is a fleet CSV: cluster file whose GPU 0 curve is spread")
-    fleet.add_argument("--num-gpus", type=int, default=None, help="GPUs to draw (default 8 with a fleet, else 1)")
-    fleet.add_argument("--gpus-per-node", type=int, default=8)
+    fleet.add_argument("--num-gpus", type=int_range(1, MAX_GPUS), default=None, help="GPUs to draw (default 8 with a fleet, else 1)")
+    fleet.add_argument("--gpus-per-node", type=int_range(1, MAX_GPUS), default=8)
     fleet.add_argument("--regime", choices=("compute", "all"), default="compute",
                        help="scale only the time above the memory floor (default) or the whole curve")
-    fleet.add_argument("--seed", type=int, default=0)
+    fleet.add_argument("--seed", type=seed_int, default=0)
     i.add_argument("--name", default=None)
 
     c = cli.command("compare", "which GPUs got slower or faster between two profiles, and in which regime",
                     cmd_compare, group="profile")
     c.add_argument("a", metavar="A.json", help="reference cluster file")
     c.add_argument("b", metavar="B.json", help="new cluster file (same GPUs)")
-    c.add_argument("--threshold", type=float, default=0.03, help="relative change that counts (default 0.03)")
+    c.add_argument("--threshold", type=nonneg_float, default=0.03, help="relative change that counts (default 0.03)")
     c.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -87,6 +89,7 @@ def cmd_hw(args: argparse.Namespace) -> int:
 
     from vibe.profile import hardware as hw
 
+    check_outputs([args.out])
     devices = hw.resolve_devices(args.devices)
     spec = hw.ProfileSpec(hidden=args.hidden, intermediate=args.intermediate, dtype=args.dtype,
                           tokens=tuple(args.tokens or hw.default_tokens(devices)), warmup=args.warmup,
@@ -137,6 +140,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from vibe.profile import tables
 
     path = Path(args.table)
+    check_outputs([args.out], [args.table, args.fleet, args.base])
     if path.suffix == ".csv":
         if args.base is None:
             raise InputError(path, "a fleet table needs --base CLUSTER.json (the curve to spread)")

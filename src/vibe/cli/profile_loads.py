@@ -7,7 +7,7 @@ import argparse
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from vibe.cli._common import console, err_console
+from vibe.cli._common import check_outputs, console, err_console, positive_int
 from vibe.errors import VibeError
 
 
@@ -20,9 +20,9 @@ def register(cli) -> None:
                    help="text file (one sequence per non-empty line) or .jsonl with a 'text' field")
     p.add_argument("--out", required=True, help="loads file to write (vibe.loads/v1)")
     p.add_argument("--trace", default=None, metavar="NPZ", help="also write the token-level trace (.npz)")
-    p.add_argument("--max-sequences", type=int, default=None, metavar="N", help="first N sequences only")
-    p.add_argument("--max-tokens", type=int, default=512, metavar="T", help="cut each sequence to T tokens")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-sequences", type=positive_int, default=None, metavar="N", help="first N sequences only")
+    p.add_argument("--max-tokens", type=positive_int, default=512, metavar="T", help="cut each sequence to T tokens")
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
 
@@ -31,6 +31,7 @@ def cmd_profile_loads(args: argparse.Namespace) -> int:
     from vibe.profile.routing import load_model, read_dataset, record_routing, tokenize
     from vibe.loadstats import max_over_mean
 
+    check_outputs([args.out, args.trace], [args.dataset, args.model])
     for name in ("max_tokens", "batch_size"):
         if getattr(args, name) < 1:
             raise VibeError(f"--{name.replace('_', '-')} must be >= 1")

@@ -7,11 +7,14 @@ import contextlib
 import json
 from pathlib import Path
 
+import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from vibe.cli._common import console, err_console
-from vibe.errors import VibeError
+from vibe.cli._common import (check_slots, console, err_console, finite_float, nonneg_float, nonneg_int,
+                             positive_float, positive_int, seed_int)
+from vibe.errors import InputError, VibeError
+from vibe.io import check_output_dir
 from vibe.model import Cluster, ExpertLoads, Placement
 from vibe.policies import PlacementOptions, available_policies, place
 
@@ -20,8 +23,8 @@ def register(cli) -> None:
     s = cli.command("simulate", "simulate serving with a placement: TTFT, TPOT, SLO attainment", cmd_simulate)
     s.add_argument("--placement", required=True, help="vibe.placement/v1 file")
     _add_common(s)
-    s.add_argument("--qps", type=float, default=None, help="request rate (with --trace: rescale the trace to it)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--qps", type=positive_float, default=None, help="request rate; required without --trace (with --trace: rescale the trace to it)")
+    s.add_argument("--seed", type=seed_int, default=0)
     s.add_argument("--json", action="store_true", help="print one JSON object")
 
     w = cli.command("sweep", "simulate policies x QPS x seeds in parallel and write a report folder", cmd_sweep)
@@ -30,10 +33,10 @@ def register(cli) -> None:
                    help=f"policies to place with (default: linear eplb vibe; available: {', '.join(available_policies())})")
     w.add_argument("--placements", nargs="+", default=[], metavar="FILE",
                    help="also (or only, without --policies) compare these vibe.placement/v1 files")
-    w.add_argument("--redundant", type=int, default=0, metavar="R", help="extra replica slots per layer")
-    w.add_argument("--qps", type=float, nargs="+", required=True, metavar="X")
-    w.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="K")
-    w.add_argument("--workers", type=int, default=None, help="local processes (default: all cores)")
+    w.add_argument("--redundant", type=nonneg_int, default=0, metavar="R", help="extra replica slots per layer")
+    w.add_argument("--qps", type=positive_float, nargs="+", required=True, metavar="X")
+    w.add_argument("--seeds", type=seed_int, nargs="+", default=[0], metavar="K")
+    w.add_argument("--workers", type=positive_int, default=None, help="local processes (default: all cores)")
     w.add_argument("--ray-address", default=None, help="run on a Ray cluster at this address (needs ray)")
     w.add_argument("--out", required=True, help="report folder to write")
 
@@ -45,23 +48,25 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="deepseek-v3, deepseek-v2-lite, qwen3-235b-a22b, mixtral-8x7b or a vibe.model/v1 .json "
                         "(default: the preset with the loads' shape)")
     p.add_argument("--trace", default=None, help="Azure LLM request trace CSV (TIMESTAMP,ContextTokens,GeneratedTokens)")
-    p.add_argument("--input-len", type=int, default=1024, metavar="N", help="prompt tokens (Poisson workload)")
-    p.add_argument("--output-len", type=int, default=128, metavar="M", help="generated tokens (Poisson workload)")
-    p.add_argument("--duration", type=float, default=60.0, metavar="S", help="seconds of arrivals")
-    p.add_argument("--max-requests", type=int, default=None)
-    p.add_argument("--slo-ttft-ms", type=float, default=2000.0)
-    p.add_argument("--slo-tpot-ms", type=float, default=100.0)
+    p.add_argument("--input-len", type=positive_int, default=1024, metavar="N", help="prompt tokens (Poisson workload)")
+    p.add_argument("--output-len", type=positive_int, default=128, metavar="M", help="generated tokens (Poisson workload)")
+    p.add_argument("--duration", type=positive_float, default=60.0, metavar="S", help="seconds of arrivals")
+    p.add_argument("--max-requests", type=positive_int, default=None)
+    p.add_argument("--slo-ttft-ms", type=positive_float, default=2000.0)
+    p.add_argument("--slo-tpot-ms", type=positive_float, default=100.0)
     p.add_argument("--routing-trace", default=None,
                    help="token-level routing (.npz or ESFT folder) re-sampled every step instead of the loads profile")
     p.add_argument("--routing", choices=("sample", "expected"), default="sample",
                    help="per-step routed tokens: drawn (default) or their expectation (no noise)")
-    p.add_argument("--max-batch-tokens", type=int, default=8192, help="token budget per step")
-    p.add_argument("--max-running", type=int, default=256, help="requests running at once")
-    p.add_argument("--kv-tokens", type=int, default=None, help="KV-cache capacity in tokens (default: unlimited)")
-    p.add_argument("--jitter", type=float, default=0.0, metavar="CV", help="per-step GPU time noise (log-normal sigma)")
-    p.add_argument("--drift-gpus", type=int, default=0, help="GPUs that heat up and slow down")
-    p.add_argument("--drift-slowdown", type=float, default=0.15, help="their final extra time fraction")
-    p.add_argument("--drift-start", type=float, default=120.0, metavar="S", help="earliest drift onset (s)")
+    p.add_argument("--max-batch-tokens", type=positive_int, default=8192, help="token budget per step")
+    p.add_argument("--max-running", type=positive_int, default=256, help="requests running at once")
+    p.add_argument("--kv-tokens", type=positive_int, default=None, help="KV-cache capacity in tokens (default: unlimited)")
+    p.add_argument("--jitter", type=finite_float(0, 1), default=0.0, metavar="CV",
+                   help="per-step GPU time noise (log-normal sigma, 0 .. 1)")
+    p.add_argument("--drift-gpus", type=nonneg_int, default=0, help="GPUs that heat up and slow down")
+    p.add_argument("--drift-slowdown", type=finite_float(0, 10), default=0.15,
+                   help="their final extra time fraction (0 .. 10)")
+    p.add_argument("--drift-start", type=nonneg_float, default=120.0, metavar="S", help="earliest drift onset (s)")
 
 
 def _spec(args: argparse.Namespace, loads: ExpertLoads):
@@ -76,6 +81,18 @@ def _spec(args: argparse.Namespace, loads: ExpertLoads):
         raise VibeError("SLO limits must be > 0 ms")
     if args.trace is None and args.qps is None:
         raise VibeError("give --qps (Poisson arrivals) or --trace FILE")
+    if args.trace is None:
+        _check_requests(max(args.qps) if isinstance(args.qps, list) else args.qps, args.duration, args.max_requests,
+                        args.input_len, args.output_len, args.max_batch_tokens)
+    elif args.qps is not None:  # read now: a trace that cannot be rescaled fails before any work, by its name
+        from vibe.sim.requests import read_azure_trace
+
+        if not np.isfinite(read_azure_trace(args.trace).qps):
+            raise InputError(args.trace, "its requests all arrive at one instant (or there is only one): it has "
+                                         "no rate to rescale to --qps; drop --qps to replay it as it is")
+    if args.drift_gpus > 0 and args.drift_start >= args.duration:
+        err_console.print(f"vibe: warning: --drift-start {args.drift_start:g} s is past the end of the arrivals "
+                          f"(--duration {args.duration:g} s): the drifting GPUs may never slow down")
     return SweepSpec(
         model=model_for_loads(loads, args.model, args.loads), duration_s=args.duration, input_len=args.input_len,
         output_len=args.output_len, request_trace=args.trace, max_requests=args.max_requests,
@@ -83,6 +100,31 @@ def _spec(args: argparse.Namespace, loads: ExpertLoads):
         scheduler=SchedulerConfig(args.max_batch_tokens, args.max_running, args.kv_tokens),
         hardware=HardwareModel(args.jitter, args.drift_gpus, args.drift_slowdown, args.drift_start),
         routing=args.routing, routing_trace=args.routing_trace)
+
+
+# Poisson arrivals are drawn in one array and the simulator steps through every request:
+# past these the run would take hours or allocate gigabytes.
+MAX_REQUESTS = 1_000_000
+MAX_ARRIVALS_DRAWN = 20_000_000
+
+
+MAX_STEPS = 1_000_000  # tens of microseconds to milliseconds each
+
+
+def _check_requests(qps: float, duration_s: float, max_requests: int | None, input_len: int, output_len: int,
+                    max_batch_tokens: int) -> None:
+    expected = qps * duration_s
+    if expected > MAX_ARRIVALS_DRAWN or min(expected, max_requests or expected) > MAX_REQUESTS:
+        raise VibeError(f"--qps {qps:g} for --duration {duration_s:g} s gives about {expected:,.0f} requests, over "
+                        f"the {MAX_REQUESTS:,} a run simulates: lower --qps or --duration"
+                        + ("" if expected > MAX_ARRIVALS_DRAWN else " (or set --max-requests)"))
+    # At least: the last request's decode steps, plus every prompt token through the step budget.
+    requests = max(1.0, min(expected, max_requests or expected))
+    steps = output_len + requests * input_len / max_batch_tokens
+    if steps > MAX_STEPS:
+        raise VibeError(f"--input-len {input_len} / --output-len {output_len} for about {requests:,.0f} requests need "
+                        f"over {steps:,.0f} steps (limit {MAX_STEPS:,}): lower them, --qps or --duration, or raise "
+                        "--max-batch-tokens")
 
 
 def _inputs(args: argparse.Namespace) -> tuple[Cluster, ExpertLoads]:
@@ -170,7 +212,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                             "(pip install ray, or drop --ray-address to use local processes)")
     if args.workers is not None and args.workers < 1:
         raise VibeError("--workers must be >= 1")
+    # The report folder is checked now: a file there would lose every simulated point.
+    check_output_dir(args.out, "the sweep report")
     cluster, loads = _inputs(args)
+    check_slots(loads.num_experts, args.redundant, cluster.num_gpus, loads.num_layers)
     spec = _spec(args, loads)
     check_hardware(spec.hardware, cluster.num_gpus)
     for q in args.qps:

@@ -13,6 +13,8 @@ import numpy as np
 
 from vibe.errors import InputError, VibeError
 
+MAX_LAYER_ID = 100_000
+
 
 def parse_layer_spec(spec: str) -> tuple[int, ...]:
     """'1-3,7' -> (1, 2, 3, 7): decoder layer ids, increasing, no repeats."""
@@ -27,6 +29,8 @@ def parse_layer_spec(spec: str) -> tuple[int, ...]:
             raise VibeError(f"--moe-layers {spec!r}: {part!r} is not a layer id or a range a-b") from None
         if a < 0 or b < a:
             raise VibeError(f"--moe-layers {spec!r}: bad range {part!r}")
+        if b > MAX_LAYER_ID:  # a typo such as 1-2600000000 would fill memory
+            raise VibeError(f"--moe-layers {spec!r}: layer id {b} is past {MAX_LAYER_ID:,}")
         ids.extend(range(a, b + 1))
     if not ids:
         raise VibeError(f"--moe-layers {spec!r} names no layer")

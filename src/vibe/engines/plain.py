@@ -19,7 +19,7 @@ import numpy as np
 
 from vibe.engines.layers import apply_moe_layers
 from vibe.errors import InputError
-from vibe.io import atomic_path, int_array, read_json, write_json_atomic
+from vibe.io import atomic_path, int_array, read_json, require_file, write_json_atomic
 from vibe.model import LOADS_SCHEMA, ExpertLoads
 from vibe.model.loads import check_counts  # re-exported for the engine importers
 
@@ -98,12 +98,13 @@ def read_json_counts(path: str | os.PathLike) -> RawCounts:
 
 def read_npy_counts(path: str | os.PathLike) -> RawCounts:
     p = Path(path)
-    if not p.is_file():
-        raise InputError(p, "no such file")
+    require_file(p, "a .npy array")
     try:
         arr = np.load(p, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise InputError(p, f"not a readable .npy array ({exc})") from None
+    except Exception as exc:  # a damaged header is parsed as Python literals: SyntaxError, TokenError, ...
+        raise InputError(p, f"not a readable .npy array (damaged header: {exc.__class__.__name__})") from None
     if isinstance(arr, np.lib.npyio.NpzFile):
         arr.close()
         raise InputError(p, "is an .npz archive, expected one .npy array")

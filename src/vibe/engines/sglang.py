@@ -18,7 +18,7 @@ import numpy as np
 from vibe.engines.layers import decoder_rows, drop_empty_rows
 from vibe.engines.plain import RawCounts, check_counts, fold_slot_counts, merge_raw, read_json_counts
 from vibe.errors import InputError, VibeError
-from vibe.io import atomic_path, write_json_atomic
+from vibe.io import atomic_path, require_file, write_json_atomic
 from vibe.model import ExpertLoads, Placement
 
 
@@ -45,8 +45,13 @@ def placement_to_sglang(placement: Placement, num_hidden_layers: int | None = No
 def load_pt_weights_only(path: str | os.PathLike) -> object:
     """torch.load(path, weights_only=True) on the CPU; InputError on anything else."""
     p = Path(path)
-    if not p.is_file():
-        raise InputError(p, "no such file")
+    require_file(p, "a .pt torch file")
+    # torch.save writes a zip archive (or, before torch 1.6, a pickle stream); anything
+    # else would reach the weights-only unpickler and be misreported as unsafe objects.
+    with open(p, "rb") as fh:
+        head = fh.read(4)
+    if not (head.startswith(b"PK\x03\x04") or (len(head) >= 2 and head[0] == 0x80 and 1 <= head[1] <= 5)):
+        raise InputError(p, "not a torch file (torch.save writes a zip archive)")
     try:
         import torch
     except ImportError:

@@ -21,7 +21,7 @@ import yaml
 
 from vibe.engines.plain import RawCounts, check_counts, fold_slot_counts, merge_raw
 from vibe.errors import InputError, VibeError
-from vibe.io import read_json
+from vibe.io import json_int, read_json
 from vibe.model import ExpertLoads, Placement
 
 
@@ -100,10 +100,10 @@ def read_trtllm_folder(folder: str | os.PathLike, placement: Placement | None = 
     meta = read_json(root / "meta_info.json")
     if not isinstance(meta, dict):
         raise InputError(root / "meta_info.json", "expected a JSON object")
-    try:
-        recorded, top_k = int(meta["num_experts"]), int(meta["num_experts_per_token"])
-    except (KeyError, TypeError, ValueError):
-        raise InputError(root / "meta_info.json", "needs integer 'num_experts' and 'num_experts_per_token'") from None
+    if "num_experts" not in meta or "num_experts_per_token" not in meta:
+        raise InputError(root / "meta_info.json", "needs integer 'num_experts' and 'num_experts_per_token'")
+    recorded = json_int(meta["num_experts"], "num_experts", root / "meta_info.json", lo=1)
+    top_k = json_int(meta["num_experts_per_token"], "num_experts_per_token", root / "meta_info.json", lo=1)
     check_slot_counts(root, recorded, num_experts, placement)
     files = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _RANK_FILE.match(p.name)))
     if not files:

@@ -14,9 +14,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from vibe.errors import InputError
-from vibe.io import numeric_array, read_json, require_schema, write_json_atomic
+from vibe.io import json_int, numeric_array, read_json, require_schema, write_json_atomic
 
 CLUSTER_SCHEMA = "vibe.cluster/v1"
+# A day per expert call, a trillion tokens: past these a curve is a unit mistake, and
+# sums over experts, layers and steps would overflow to inf.
+MAX_LATENCY_US = 8.64e10
+MAX_CURVE_TOKENS = 1e12
 
 
 @dataclass(frozen=True)
@@ -168,12 +172,12 @@ def _gpu_from_dict(raw: Any, index: int, source: object) -> GpuProfile:
         raise InputError(source, f"{where} has no 'latency' object")
     tokens = numeric_array(lat.get("tokens"), f"{where}.latency.tokens", source, 1)
     us = numeric_array(lat.get("us"), f"{where}.latency.us", source, 1)
+    rank = json_int(raw.get("rank", index), f"{where}.rank", source, lo=0)
+    node = json_int(raw.get("node", 0), f"{where}.node", source, lo=0)
     try:
-        rank = int(raw.get("rank", index))
-        node = int(raw.get("node", 0))
         overhead = float(raw.get("overhead_us", 0.0))
     except (TypeError, ValueError):
-        raise InputError(source, f"{where}: rank, node and overhead_us must be numbers") from None
+        raise InputError(source, f"{where}: overhead_us must be a number") from None
     telemetry = raw.get("telemetry") or {}
     if not isinstance(telemetry, dict):
         raise InputError(source, f"{where}.telemetry must be an object")
@@ -201,6 +205,9 @@ def _validate_gpus(gpus: Sequence[GpuProfile], source: object) -> None:
             raise InputError(source, f"{where}: latency tokens must be positive and strictly increasing")
         if np.any(g.latency_us <= 0):
             raise InputError(source, f"{where}: latency must be positive")
+        if g.latency_us.max() > MAX_LATENCY_US or g.overhead_us > MAX_LATENCY_US or g.tokens[-1] > MAX_CURVE_TOKENS:
+            raise InputError(source, f"{where}: latency curve is implausibly large (over {MAX_LATENCY_US:g} us or "
+                                     f"{MAX_CURVE_TOKENS:g} tokens); the cost model would overflow")
         if np.any(np.diff(g.latency_us) < 0):
             bad = int(np.argmax(np.diff(g.latency_us) < 0))
             raise InputError(source, f"{where}: latency curve is not monotone (drops after "

@@ -13,9 +13,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from vibe.errors import InputError
-from vibe.io import int_array, numeric_array, read_json, require_schema, write_json_atomic
+from vibe.io import int_array, json_int, numeric_array, read_json, require_schema, write_json_atomic
 
 LOADS_SCHEMA = "vibe.loads/v1"
+MAX_COUNT = 2.0**53
 
 
 @dataclass(frozen=True)
@@ -64,10 +65,7 @@ class ExpertLoads:
     def from_dict(cls, obj: Any, source: object = "loads") -> "ExpertLoads":
         obj = require_schema(obj, LOADS_SCHEMA, source)
         counts = numeric_array(obj.get("counts"), "counts", source, 2)
-        try:
-            top_k = int(obj.get("top_k"))
-        except (TypeError, ValueError):
-            raise InputError(source, "'top_k' must be a positive integer") from None
+        top_k = json_int(obj.get("top_k"), "top_k", source, lo=1)  # 2.5 is refused, not truncated
         layer_ids = obj.get("layer_ids")
         ids = tuple(int_array(layer_ids, "layer_ids", source, 1).tolist()) if layer_ids is not None else ()
         extra = {k: v for k, v in obj.items() if k not in ("schema", "model", "top_k", "layer_ids", "counts")}
@@ -112,6 +110,9 @@ def _validate(loads: ExpertLoads, source: object) -> None:
         overflow = not np.all(np.isfinite(c.sum(axis=1)))
     if overflow:
         raise InputError(source, "counts too large: a layer's total overflows")
+    if np.any(c > MAX_COUNT):  # no profile routes that many tokens; int64 writes would wrap
+        l, e = np.argwhere(c > MAX_COUNT)[0]
+        raise InputError(source, f"count {c[l, e]:g} at layer row {l}, expert {e} is beyond 2**53")
     if not isinstance(loads.top_k, (int, np.integer)) or loads.top_k < 1:
         raise InputError(source, "'top_k' must be a positive integer")
     if loads.top_k > c.shape[1]:

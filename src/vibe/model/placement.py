@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vibe.errors import InputError
-from vibe.io import int_array, numeric_array, read_json, require_schema, write_json_atomic
+from vibe.io import int_array, json_int, numeric_array, read_json, require_schema, write_json_atomic
 
 PLACEMENT_SCHEMA = "vibe.placement/v1"
 
@@ -53,17 +53,9 @@ class Placement:
     def from_dict(cls, obj: Any, source: object = "placement") -> "Placement":
         obj = require_schema(obj, PLACEMENT_SCHEMA, source)
         phy = int_array(obj.get("physical_to_logical_map"), "physical_to_logical_map", source, 2)
-        try:
-            num_gpus = int(obj.get("num_gpus"))
-        except (TypeError, ValueError):
-            raise InputError(source, "'num_gpus' must be a positive integer") from None
-        if num_gpus < 1:
-            raise InputError(source, "'num_gpus' must be a positive integer")
+        num_gpus = json_int(obj.get("num_gpus"), "num_gpus", source, lo=1)
         if "slots_per_gpu" in obj:
-            try:
-                spg = int(obj["slots_per_gpu"])
-            except (TypeError, ValueError):
-                raise InputError(source, "'slots_per_gpu' must be an integer") from None
+            spg = json_int(obj["slots_per_gpu"], "slots_per_gpu", source)
             if phy.shape[1] % num_gpus != 0:
                 raise InputError(source, f"{phy.shape[1]} slots per layer are not divisible by {num_gpus} GPUs")
             if spg * num_gpus != phy.shape[1]:
@@ -71,8 +63,8 @@ class Placement:
         num_e = obj.get("num_logical_experts")
         if num_e is None:
             num_e = int(phy.max()) + 1 if phy.size else 0
-        elif isinstance(num_e, bool) or not isinstance(num_e, (int, float)) or not float(num_e).is_integer():
-            raise InputError(source, "'num_logical_experts' must be an integer")
+        else:
+            num_e = json_int(num_e, "num_logical_experts", source)
         weights = obj.get("replica_weights")
         if weights is not None:
             weights = numeric_array(weights, "replica_weights", source, 2)

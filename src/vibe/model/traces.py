@@ -10,7 +10,6 @@ On disk: a `.npz` (no pickles) with `experts [L, T, k]`, `seq_offsets [N+1]`,
 from __future__ import annotations
 
 import os
-import zipfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -18,12 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from vibe.errors import InputError
-from vibe.io import atomic_path
+from vibe.io import atomic_path, require_file
 from vibe.model.loads import ExpertLoads
 
 TRACE_SCHEMA = "vibe.trace/v1"
 # Cap of the cached per-sequence count table (int32 entries: 2**26 = 256 MiB).
 SEQUENCE_COUNTS_MAX_ENTRIES = 1 << 26
+MAX_EXPERTS = 1 << 16  # routed experts per layer; real models have at most a few hundred
 
 
 @dataclass(frozen=True)
@@ -138,14 +138,15 @@ class RoutingTrace:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "RoutingTrace":
         p = Path(path)
-        if not p.is_file():
-            raise InputError(p, "no such file")
+        require_file(p, "a .npz trace")
         try:
             with np.load(p, allow_pickle=False) as z:
                 if "schema" not in z or str(z["schema"]) != TRACE_SCHEMA:
                     raise InputError(p, f"not a {TRACE_SCHEMA} .npz file")
                 obj = {k: z[k] for k in z.files}
-        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        except InputError:
+            raise
+        except Exception as exc:  # a damaged zip or .npy header fails in many ways (zlib, struct, syntax...)
             raise InputError(p, f"not a readable .npz trace ({exc.__class__.__name__})") from None
         try:
             return cls(experts=obj["experts"], seq_offsets=obj["seq_offsets"],
@@ -153,6 +154,8 @@ class RoutingTrace:
                        model=str(obj.get("model", "")))
         except KeyError as exc:
             raise InputError(p, f"missing array {exc}") from None
+        except (TypeError, ValueError, OverflowError):  # e.g. a NaN or a list as num_experts
+            raise InputError(p, "num_experts and layer_ids must be integers") from None
         except InputError as exc:
             raise InputError(p, exc.problem) from None
 
@@ -163,6 +166,8 @@ def _validate(t: RoutingTrace, source: object) -> None:
         raise InputError(source, f"experts must be a non-empty [layers, tokens, top_k] array, got {list(ex.shape)}")
     if ex.dtype.kind not in "iu":
         raise InputError(source, "expert ids must be integers")
+    if t.num_experts > MAX_EXPERTS:  # counting allocates [layers, num_experts]
+        raise InputError(source, f"num_experts={t.num_experts} is past {MAX_EXPERTS:,}")
     if t.num_experts < 1 or ex.min() < 0 or ex.max() >= t.num_experts:
         raise InputError(source, f"expert ids must lie in 0..{t.num_experts - 1}")
     if off.ndim != 1 or len(off) < 2 or off[0] != 0 or off[-1] != ex.shape[1] or np.any(np.diff(off) <= 0):

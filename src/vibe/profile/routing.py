@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from vibe.errors import InputError, VibeError
+from vibe.io import require_file
 from vibe.model import RoutingTrace
 
 # `model.layers.3.mlp.gate` (Mixtral 4.x: `block_sparse_moe.gate`); not Qwen2-MoE's
@@ -29,8 +30,7 @@ def read_dataset(path: str | os.PathLike, max_sequences: int | None = None) -> l
     """Texts of a dataset file: `.jsonl` (one {"text": ...} object or string per line) or
     plain text (one sequence per non-empty line)."""
     p = Path(path)
-    if not p.is_file():
-        raise InputError(p, "no such file")
+    require_file(p, "a text or .jsonl dataset")
     texts: list[str] = []
     try:
         with open(p, encoding="utf-8") as fh:

@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from vibe.errors import InputError
+from vibe.io import require_file
 
 DEEPSEEK_V3 = {"hidden": 7168, "intermediate": 2048, "num_experts": 256, "topk": 8}
 MOE_COLUMNS = ("num_tokens", "hidden_size", "inter_size", "topk", "num_experts", "moe_tp_size",
@@ -62,11 +63,10 @@ def read_moe_table(path: str | os.PathLike) -> dict[str, np.ndarray]:
     import pyarrow.parquet as pq
 
     p = Path(path)
-    if not p.is_file():
-        raise InputError(p, "no such file")
+    require_file(p, "a .parquet MoE latency table")
     try:
         table = pq.read_table(p)
-    except (pa.ArrowInvalid, OSError) as exc:
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:  # a damaged footer fails in many ways
         raise InputError(p, f"not a readable parquet table ({str(exc).splitlines()[0]})") from None
     missing = [c for c in MOE_COLUMNS if c not in table.column_names]
     if missing:
@@ -79,10 +79,29 @@ def read_moe_table(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 cols[c] = cols[c].astype(np.float64)
     except (TypeError, ValueError):
         raise InputError(p, f"column {c!r} is not numeric") from None
-    ok = np.isfinite(cols["latency"]) & (cols["latency"] > 0) & (cols["num_tokens"] > 0)
-    if not ok.any():
-        raise InputError(p, "no row with a positive latency")
-    return {c: v[ok] for c, v in cols.items()}
+    # A broken measurement is reported, never dropped: a curve silently built from the
+    # remaining rows would look like a real one.
+    for c in MOE_COLUMNS:
+        if c in ("distribution", "moe_dtype"):
+            continue
+        bad = np.flatnonzero(~np.isfinite(cols[c]) | (cols[c] <= 0 if c in ("latency", "num_tokens") else False))
+        if bad.size:
+            what = "NaN or inf" if not np.isfinite(cols[c][bad[0]]) else "a value <= 0"
+            raise InputError(p, f"{bad.size} row(s) hold {what} in column {c!r} (first: row {bad[0]})")
+    # Plausible physical ranges (a nanosecond to a day; up to a trillion tokens): past them
+    # the curve fit squares and multiplies its way to inf.
+    for c, lo, hi in (("latency", 1e-6, 8.64e7), ("num_tokens", 1, 1e12)):
+        bad = np.flatnonzero((cols[c] < lo) | (cols[c] > hi))
+        if bad.size:
+            raise InputError(p, f"{bad.size} row(s) hold a {c} outside {lo:g} .. {hi:g} (first: row {bad[0]}, "
+                                f"{cols[c][bad[0]]:g})")
+    for c in ("hidden_size", "inter_size", "topk", "num_experts", "moe_tp_size", "moe_ep_size"):
+        bad = np.flatnonzero((cols[c] < 1) | (cols[c] > 2**31) | (cols[c] != np.round(cols[c])))
+        if bad.size:
+            raise InputError(p, f"{bad.size} row(s) hold a {c} that is not a positive integer (first: row {bad[0]})")
+    if not len(cols["latency"]):
+        raise InputError(p, "holds no row")
+    return cols
 
 
 def table_shapes(table: dict) -> list[tuple[int, int, int, int]]:
@@ -92,7 +111,7 @@ def table_shapes(table: dict) -> list[tuple[int, int, int, int]]:
 
 
 def _shape_text(shapes) -> str:
-    return "; ".join(f"--hidden {h} --intermediate {i} --num-experts {e} --topk {k}" for h, i, e, k in shapes)
+    return "; ".join(f"--hidden {h} --intermediate {i} --num-experts {e} --top-k {k}" for h, i, e, k in shapes)
 
 
 def _pick(values: np.ndarray, mask: np.ndarray, wanted, flag: str, source, default=None):
@@ -202,8 +221,7 @@ def read_fleet(path: str | os.PathLike, column: str | None = None) -> tuple[list
     class's multiplier (`column`, default the first class) over the fleet median.
     """
     p = Path(path)
-    if not p.is_file():
-        raise InputError(p, "no such file")
+    require_file(p, "a fleet table (.csv)")
     try:
         with p.open(newline="") as fh:
             reader = csv.DictReader(fh)
@@ -212,6 +230,8 @@ def read_fleet(path: str | os.PathLike, column: str | None = None) -> tuple[list
     except (UnicodeDecodeError, csv.Error) as exc:
         raise InputError(p, f"not a readable CSV ({exc})") from None
     classes = [h for h in header if h.startswith("PerfVar_")]
+    if column is not None and column not in header:
+        raise InputError(p, f"has no column {column!r} (--fleet-column); its columns: {', '.join(header[:12])}")
     if column is None:
         column = "perf" if {"uuid", "perf"} <= set(header) else (classes[0] if classes else None)
     if column is None or column not in header:

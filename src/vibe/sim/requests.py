@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from vibe.errors import InputError, VibeError
+from vibe.io import require_file
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,7 @@ def poisson_workload(qps: float, duration_s: float, input_len: int, output_len: 
 def read_azure_trace(path: str | os.PathLike) -> Workload:
     """An Azure LLM inference trace CSV (TIMESTAMP,ContextTokens,GeneratedTokens) at its own rate."""
     p = Path(path)
-    if not p.is_file():
-        raise InputError(p, "no such file")
+    require_file(p, "a request trace (.csv)")
     try:
         with open(p, newline="") as fh:
             rows = list(csv.reader(fh))
