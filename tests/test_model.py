@@ -341,12 +341,12 @@ def test_examples_in_docs_formats_are_valid(tmp_path):
 # ---- placements: exact messages and exact derived maps, worked out by hand -----------
 # placement_doc(): 2 layers x 12 slots on 4 GPUs (3 slots each), experts 0..7.
 PLACEMENT_MESSAGES = [
-    (("num_gpus",), 0, "'num_gpus' must be a positive integer"),
-    (("num_gpus",), "four", "'num_gpus' must be a positive integer"),
+    (("num_gpus",), 0, "'num_gpus' must be a positive integer, got 0"),
+    (("num_gpus",), "four", "'num_gpus' must be a positive integer, got 'four'"),
     (("slots_per_gpu",), 2, "slots_per_gpu=2 x num_gpus=4 != 12 slots per layer"),
-    (("slots_per_gpu",), "three", "'slots_per_gpu' must be an integer"),
+    (("slots_per_gpu",), "three", "'slots_per_gpu' must be an integer, got 'three'"),
     (("physical_to_logical_map",), [list(range(8)) + [0, 1]] * 2, "10 slots per layer are not divisible by 4 GPUs"),
-    (("num_logical_experts",), "eight", "'num_logical_experts' must be an integer"),
+    (("num_logical_experts",), "eight", "'num_logical_experts' must be an integer, got 'eight'"),
     (("num_logical_experts",), 13, "13 logical experts cannot fill 12 slots"),
     (("num_logical_experts",), 0, "0 logical experts cannot fill 12 slots"),
     (("physical_to_logical_map", 0, 11), -1, "expert ids must lie in 0..7"),
@@ -466,4 +466,4 @@ def test_check_matches_and_fits_messages():
     assert str(exc.value) == "placement: placement is for 2 GPUs, cluster has 3"
     with pytest.raises(InputError) as exc:
         Placement.from_dict({"schema": "vibe.placement/v1", "num_gpus": 0, "physical_to_logical_map": [[0]]})
-    assert str(exc.value) == "placement: 'num_gpus' must be a positive integer"
+    assert str(exc.value) == "placement: 'num_gpus' must be a positive integer, got 0"
