@@ -246,3 +246,35 @@ def make_online(cfg: OnlineConfig, cluster: Cluster, loads: ExpertLoads, placeme
     if cfg.policy == "periodic":
         return PeriodicResolve(cfg, cluster, loads, placement, size)
     return DriftRepair(cfg, cluster, loads, placement, size)
+
+
+def run_online(spec, cluster: Cluster, loads: ExpertLoads, placement: Placement, qps: float | None, seed: int,
+               scenario, configs: dict[str, OnlineConfig], window_s: float, progress=None) -> dict:
+    """The same workload, scenario and seed under each online policy of `configs`
+    (name -> config). Returns {"events": the scenario's own events, "policies": {name:
+    {"summary", "windows", "totals", "events"}}} (spec: a vibe.sim.sweep.SweepSpec)."""
+    from vibe.sim.engine import online_totals, simulate, summarize, summarize_windows
+    from vibe.sim.sweep import make_workload, routing_trace
+
+    trace = None if spec.routing_trace is None else routing_trace(spec.routing_trace)
+    workload = make_workload(spec, qps, seed)
+    until = float(workload.arrival_s[-1])
+    out: dict = {"qps": float(qps) if qps is not None else workload.qps, "seed": int(seed), "policies": {}}
+    for name, cfg in configs.items():
+        policy = make_online(cfg, cluster, loads, placement, spec.model)
+        res = simulate(workload, cluster, loads, placement, spec.model, spec.scheduler,
+                       dataclasses.replace(spec.hardware, seed=spec.hardware.seed + seed), trace, spec.routing, seed,
+                       spec.gpu, progress=progress, scenario=scenario, online=policy,
+                       expert_bytes=cfg.expert_bytes)
+        out["policies"][name] = {"summary": summarize(res, spec.slo_ttft_ms, spec.slo_tpot_ms),
+                                 "windows": summarize_windows(res, spec.slo_ttft_ms, spec.slo_tpot_ms, window_s, until),
+                                 "totals": online_totals(res), "events": list(res.events)}
+        out["events"] = [e for e in res.events if e["kind"] in ("switch", "throttle", "loss")]
+    return out
+
+
+def attainment_after(windows: list[dict], after_s: float) -> float:
+    """SLO attainment of the requests arriving from `after_s` on (windows weighted by requests)."""
+    rows = [w for w in windows if w["start_s"] >= after_s and w["requests"]]
+    n = sum(w["requests"] for w in rows)
+    return float(sum(w["slo_attainment"] * w["requests"] for w in rows) / n) if n else float("nan")
