@@ -9,8 +9,8 @@ requests, SLO TTFT 60 ms and TPOT 15 ms, plans by the vibe policy with 16 redund
 
 1. Domain drift, for each domain D in turn: the plan is made for D; traffic is D until
    15 s, then the next domain, at 30 s the third; at 45 s GPU 2 throttles (+30% time);
-   arrivals stop at 60 s. 125 QPS (the matched plan serves it; the stale one is past
-   its knee).
+   arrivals stop at 60 s. 125 QPS (the matched plan serves it with room to spare).
+   Then once more at 140 QPS, near the knee, without the throttle: routing drift alone.
 2. GPU lost: plan for intent, traffic intent; GPU 5 is lost at 15 s; arrivals stop at
    45 s; 90 QPS (what 7 GPUs sustain).
 
@@ -36,7 +36,7 @@ from vibe.io import atomic_path, write_json_atomic
 from vibe.policies import PlacementOptions, place
 from vibe.sim import PRESETS, HardwareModel
 from vibe.sim.hardware import Throttle
-from vibe.sim.online import OnlineConfig, attainment_after, run_online
+from vibe.sim.online import OnlineConfig, action_times, attainment_after, run_online
 from vibe.sim.report import plot_windows_png, totals_markdown, windows_markdown
 from vibe.sim.scenario import GpuLoss, RoutingSwitch, Scenario
 from vibe.sim.sweep import SweepSpec
@@ -61,7 +61,7 @@ def spec(duration_s: float, hardware: HardwareModel = HardwareModel(), trace: st
                      hardware=hardware, routing_trace=trace)
 
 
-def drift_run(first: int, loads: dict, traces: dict, cluster, scale: float, qps: float) -> dict:
+def drift_run(first: int, loads: dict, traces: dict, cluster, scale: float, qps: float, throttle: bool = True) -> dict:
     """Plan for domain DOMAINS[first]; traffic switches to the next two; GPU 2 throttles."""
     order = [DOMAINS[(first + k) % 3] for k in range(3)]
     options = PlacementOptions(redundant=REDUNDANT)
@@ -69,10 +69,11 @@ def drift_run(first: int, loads: dict, traces: dict, cluster, scale: float, qps:
     t1, t2, t3, end = 15 * scale, 30 * scale, 45 * scale, 60 * scale
     sc = Scenario((RoutingSwitch(t1, loads[order[1]], traces[order[1]], order[1]),
                    RoutingSwitch(t2, loads[order[2]], traces[order[2]], order[2])))
-    hw = HardwareModel(jitter_cv=0.02, throttles=(Throttle(2, t3, 0.3),))
+    hw = HardwareModel(jitter_cv=0.02, throttles=(Throttle(2, t3, 0.3),) if throttle else ())
     out = run_online(spec(end, hw, str(ESFT / order[0])), cluster, loads[order[0]], plan, qps, 0, sc,
                      configs(options), window_s=3 * scale)
-    out.update(order=order, first_drift_s=t1)
+    segments = [("before drift", 0.0, t1), ("domain drift", t1, t3 if throttle else end)]
+    out.update(order=order, first_drift_s=t1, segments=segments + ([("throttled", t3, end)] if throttle else []))
     return out
 
 
@@ -83,7 +84,8 @@ def loss_run(loads: dict, cluster, scale: float, qps: float) -> dict:
     sc = Scenario(losses=(GpuLoss(5, t_loss),))
     out = run_online(spec(end, HardwareModel(jitter_cv=0.02), str(ESFT / "intent")), cluster, loads["intent"], plan,
                      qps, 0, sc, configs(options), window_s=3 * scale)
-    out.update(order=["intent"], first_drift_s=t_loss)
+    out.update(order=["intent"], first_drift_s=t_loss,
+               segments=[("before loss", 0.0, t_loss), ("after loss", t_loss, end)])
     return out
 
 
@@ -95,11 +97,15 @@ def report(title: str, res: dict, png: Path | None) -> tuple[str, dict]:
     overall = {p: r["summary"]["slo_attainment"] for p, r in pols.items()}
     if png is not None:
         with atomic_path(png) as tmp:
-            tmp.write_bytes(plot_windows_png(series, res["events"], title))
+            tmp.write_bytes(plot_windows_png(series, res["events"], title, actions=action_times(res)))
     events = "; ".join(f"{e['t_s']:g} s {e['detail']}" for e in res["events"])
     md = (f"**{title}**\n\nEvents: {events}.\n\n" + windows_markdown(series) + "\n"
           + totals_markdown({p: r["totals"] for p, r in pols.items()}, res["first_drift_s"], overall, after))
-    nums = {p: {"slo_overall": overall[p], "slo_after_drift": after[p], **pols[p]["totals"],
+    seg = {p: {name: attainment_after(r["windows"], a, b) for name, a, b in res["segments"]} for p, r in pols.items()}
+    md += ("\n| policy | " + " | ".join(f"SLO {n} ({a:g}-{b:g} s)" for n, a, b in res["segments"]) + " |\n|---|"
+           + "---:|" * len(res["segments"]) + "\n"
+           + "".join(f"| {p} | " + " | ".join(f"{100 * v:.1f}%" for v in seg[p].values()) + " |\n" for p in pols))
+    nums = {p: {"slo_overall": overall[p], "slo_after_drift": after[p], "slo_segments": seg[p], **pols[p]["totals"],
                 "finished": pols[p]["summary"]["finished"], "requests": pols[p]["summary"]["requests"]}
             for p in pols}
     return md, nums
@@ -151,6 +157,12 @@ def main(argv=None) -> int:
         md, nums = report(title, res, None if args.quick else png)
         console.print(md)
         drift.append({"order": res["order"], "nums": nums, "result": res})
+    if not args.quick:  # near the knee, routing drift alone
+        res = drift_run(0, loads, traces, cluster, scale, 140.0, throttle=False)
+        title = f"plan for intent, traffic {' -> '.join(res['order'])}, no throttle, 140 QPS"
+        md, nums = report(title, res, IMG / "recal_sim_drift_knee.png")
+        console.print(md)
+        drift.append({"order": res["order"] + ["140 QPS"], "nums": nums, "result": res})
     res_loss = loss_run(loads, cluster, scale, 90.0)
     md, loss_nums = report("plan for intent, GPU 5 lost at 15 s, 90 QPS" if not args.quick else
                            "plan for intent, GPU 5 lost, 90 QPS", res_loss,

@@ -269,7 +269,7 @@ def _simulate_online(args: argparse.Namespace, spec, cluster: Cluster, loads: Ex
 
     from vibe.io import atomic_path
     from vibe.sim.hardware import check_hardware
-    from vibe.sim.online import OnlineConfig, check_online, run_online
+    from vibe.sim.online import OnlineConfig, action_times, check_online, run_online
     from vibe.sim.report import plot_windows_png, totals_markdown, windows_markdown
 
     scenario, throttles = _scenario_args(args, placement)
@@ -291,7 +291,8 @@ def _simulate_online(args: argparse.Namespace, spec, cluster: Cluster, loads: Ex
     series = {p: r["windows"] for p, r in out["policies"].items()}
     if args.plot:
         png = plot_windows_png(series, out["events"], f"{spec.model.name} on {cluster.num_gpus} GPUs, "
-                                                      f"{out['qps']:.3g} QPS: SLO attainment over time")
+                                                      f"{out['qps']:.3g} QPS: SLO attainment over time",
+                               actions=action_times(out))
         with atomic_path(args.plot) as tmp:
             tmp.write_bytes(png)
     if args.json:

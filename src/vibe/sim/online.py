@@ -273,8 +273,15 @@ def run_online(spec, cluster: Cluster, loads: ExpertLoads, placement: Placement,
     return out
 
 
-def attainment_after(windows: list[dict], after_s: float) -> float:
-    """SLO attainment of the requests arriving from `after_s` on (windows weighted by requests)."""
-    rows = [w for w in windows if w["start_s"] >= after_s and w["requests"]]
+def action_times(result: dict) -> dict[str, list[float]]:
+    """run_online's result -> {policy: times of its plan changes} (for the plot's ticks)."""
+    return {p: [e["t_s"] for e in r["events"] if e["kind"] in ("repair", "resolve")]
+            for p, r in result["policies"].items()}
+
+
+def attainment_after(windows: list[dict], after_s: float, before_s: float = float("inf")) -> float:
+    """SLO attainment of the requests arriving in [after_s, before_s) (windows weighted
+    by requests; windows are taken whole by their start)."""
+    rows = [w for w in windows if after_s <= w["start_s"] < before_s and w["requests"]]
     n = sum(w["requests"] for w in rows)
     return float(sum(w["slo_attainment"] * w["requests"] for w in rows) / n) if n else float("nan")

@@ -153,10 +153,12 @@ _EVENT_STYLE = {"switch": ("tab:blue", "--"), "throttle": ("tab:orange", "-."), 
 
 
 def plot_windows_png(series: dict[str, list[dict]], events: list[dict], title: str,
-                     key: str = "slo_attainment", ylabel: str = "SLO attainment") -> bytes:
+                     key: str = "slo_attainment", ylabel: str = "SLO attainment",
+                     actions: dict[str, list[float]] | None = None) -> bytes:
     """`key` per arrival window (summarize_windows rows) for each policy, with the
-    scenario's drift events (routing switches, throttles, lost GPUs) as vertical lines;
-    PNG bytes (matplotlib, Agg)."""
+    scenario's drift events (routing switches, throttles, lost GPUs) as vertical lines
+    and each policy's plan changes (`actions`: policy -> times) as ticks along the
+    bottom in its colour; PNG bytes (matplotlib, Agg)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -165,7 +167,11 @@ def plot_windows_png(series: dict[str, list[dict]], events: list[dict], title: s
     fig, ax = plt.subplots(figsize=(7.5, 4), dpi=110)
     for policy, rows in series.items():
         mid = [(r["start_s"] + r["end_s"]) / 2 for r in rows]
-        ax.plot(mid, [r[key] for r in rows], marker="o", markersize=3, label=policy)
+        line, = ax.plot(mid, [r[key] for r in rows], marker="o", markersize=3, label=policy)
+        ts = (actions or {}).get(policy) or []
+        if ts:
+            ax.plot(ts, [0.0] * len(ts), linestyle="none", marker="|", markersize=12, color=line.get_color(),
+                    transform=ax.get_xaxis_transform())
     seen = set()
     for e in events:
         if e["kind"] not in _EVENT_STYLE:
