@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["foundation", "solver", "workload", "profile", "sim"]
+BENCHES = ["foundation", "solver", "workload", "profile", "recal", "sim"]
 
 
 def main() -> int:

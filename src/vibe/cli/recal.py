@@ -83,7 +83,8 @@ def register(cli) -> None:
                    help=f"per-layer total-variation distance that counts as drift "
                         f"(default: {drift_defaults.DEFAULT_TV_THRESHOLD})")
     m.add_argument("--cos-threshold", type=float, default=drift_defaults.DEFAULT_COS_THRESHOLD,
-                   help=f"per-layer cosine distance that counts as drift (default: {drift_defaults.DEFAULT_COS_THRESHOLD})")
+                   help=f"per-layer cosine distance that counts as drift "
+                        f"(default: {drift_defaults.DEFAULT_COS_THRESHOLD})")
     m.add_argument("--min-layers", type=int, default=None, help="drifted layers needed to fire (default: a quarter)")
     m.add_argument("--patience", type=int, default=drift_defaults.DEFAULT_PATIENCE,
                    help=f"consecutive drifted updates needed to fire (default: {drift_defaults.DEFAULT_PATIENCE})")

@@ -9,8 +9,8 @@ was repaired) or, for the workload, once the window looks like the profile again
     if drift: repair for drift.loads (the window's counts); drift.layers says which layers
 
     hd = HardwareDriftDetector(cluster, placement, top_k)
-    drift = hd.update(gpu_us, counts)                  # observed per-GPU MoE time [G] (NaN: no
-    if drift: repair on drift.cluster                  #  report), counts [L, E] of that step
+    drift = hd.update(gpu_us, counts)                  # observed per-GPU MoE time [G] or [L, G]
+    if drift: repair on drift.cluster                  #  (NaN: no report), counts [L, E] of that step
 
 Workload: per layer, the total-variation distance 0.5 * sum_e |p_e - q_e| and the cosine
 distance 1 - cos(p, q) between the expert shares p of a sliding window of the last
@@ -153,10 +153,25 @@ class HardwareDrift:
     lost: tuple[int, ...]
     cluster: Cluster
 
-    def describe(self) -> str:
-        parts = [f"GPU {g} {r:.3f}x the predicted time" for g, r in sorted(self.ratio.items())]
+    def describe(self, what: str = "hardware drift", of: str = "the predicted time") -> str:
+        parts = [f"GPU {g} {r:.3f}x {of}" for g, r in sorted(self.ratio.items())]
         parts += [f"GPU {g} lost" for g in self.lost]
-        return "hardware drift: " + ", ".join(parts)
+        return f"{what}: " + ", ".join(parts)
+
+
+def curve_ratios(old: Cluster, new: Cluster) -> dict[int, float]:
+    """{rank: median ratio new / old of its latency curve} for the GPUs whose curve or
+    overhead changed (e.g. `vibe cluster edit --scale`)."""
+    grid_old, us_old = old.latency_table()
+    us_new = new.latency_table()[1] if np.array_equal(new.latency_table()[0], grid_old) else np.stack(
+        [np.interp(grid_old, g.tokens, g.latency_us) for g in new.gpus])
+    out = {}
+    for g in range(old.num_gpus):
+        same = np.allclose(us_new[g], us_old[g], rtol=1e-9) and np.isclose(new.gpus[g].overhead_us,
+                                                                           old.gpus[g].overhead_us, rtol=1e-9)
+        if not same:
+            out[g] = float(np.median(us_new[g] / us_old[g]))
+    return out
 
 
 def predicted_gpu_us(placement: Placement, cluster: Cluster, counts: np.ndarray,
@@ -212,12 +227,15 @@ class HardwareDriftDetector:
 
     def update(self, gpu_us: np.ndarray | None = None, counts: np.ndarray | None = None,
                predicted_us: np.ndarray | None = None) -> HardwareDrift | None:
-        """One step: observed MoE time of each GPU gpu_us [G] in us (NaN: no report),
-        with that step's counts [L, E] (or its predicted times predicted_us [G])."""
+        """One step: observed MoE time of each GPU gpu_us [G] in us, or per layer [L, G]
+        (summed over layers; NaN: no report), with that step's counts [L, E] (or its
+        predicted times predicted_us [G])."""
         G = self.cluster.num_gpus
         new_lost = sorted(self.lost - self._reported)  # marked down in the cluster file
         if gpu_us is not None:
             obs = np.asarray(gpu_us, dtype=np.float64)
+            if obs.ndim == 2:  # per layer: a GPU missing in any layer did not report the step
+                obs = obs.sum(axis=0)
             if obs.shape != (G,):
                 raise InputError("gpu_us", f"{obs.size} GPU times for a {G}-GPU cluster")
             if predicted_us is None:

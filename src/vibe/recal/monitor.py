@@ -10,7 +10,6 @@ GPU was lost (the old plan can no longer serve). Every decision is one log line.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import numpy as np
 from vibe.errors import VibeError
 from vibe.model import Cluster, ExpertLoads, Placement
 from vibe.policies.base import PlacementOptions
-from vibe.recal.drift import HardwareDriftDetector, WorkloadDriftDetector
+from vibe.recal.drift import HardwareDrift, HardwareDriftDetector, WorkloadDriftDetector, curve_ratios, scale_gpus
 from vibe.recal.repair import (DEFAULT_HORIZON_STEPS, DEFAULT_LINK_GBPS, Repair, min_gain_per_move,
                                repair_placement, stall_us, worth_it)
 from vibe.recal.sources import JsonlStream, Observation, open_source
@@ -115,7 +114,8 @@ class Monitor:
             return None
 
     def _reread_cluster(self) -> None:
-        """A cluster file edited while we run (e.g. a GPU marked down): take its lost GPUs."""
+        """A cluster file edited while we run: its lost GPUs are re-homed at the next
+        update, changed curves are repaired for at once."""
         key = self._key()
         if key == self._cluster_key:
             return
@@ -128,9 +128,15 @@ class Monitor:
         except VibeError as exc:
             self.log(f"skipped {self.cluster_path}: {exc}")
             return
-        down = set(fresh.down_ranks()) - self.hardware.lost
-        if down:
-            self.hardware.mark_down(sorted(down))
+        down = sorted(set(fresh.down_ranks()) - self.hardware.lost)
+        ratio = curve_ratios(self.cluster, fresh)
+        if not ratio:
+            self.hardware.mark_down(down)  # reported (and repaired) by the next update
+            return
+        # new curves in the file (re-profiled, or `vibe cluster edit --scale`): repair on them
+        self.hardware.lost.update(down)
+        drift = HardwareDrift(ratio, tuple(down), scale_gpus(fresh, {}, sorted(self.hardware.lost)))
+        self._repair(str(self.cluster_path), drift.describe("cluster file changed", "its old curve"), None, drift)
 
     def poll(self) -> int:
         """One round: read what is new, decide, write. Returns the observations used."""
@@ -196,7 +202,7 @@ class Monitor:
         head = f"{source}: {what} -> {len(repair.moves)} moves, {repair.bytes_moved / 1e9:.2f} GB, {gain}"
         # the detectors now compare against what the plan is made for, whether or not it moves
         self.cluster = cluster
-        if not report["worth_it"]:
+        if not report["worth_it"] and not lost:  # a lost GPU's slots must stop getting tokens: always write
             self.log(f"{head}; not worth it (stall {report['stall_us'] / 1000:.1f} ms > gain over "
                      f"{cfg.horizon_steps:g} steps): plan kept")
             self.workload.rebase(loads)

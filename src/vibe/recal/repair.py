@@ -357,7 +357,8 @@ class _State:
         N = slots.size
         # the slot's expert loses a replica: its other replicas take more tokens, the slot is freed
         d_src = has[a][None] * (Cm[:, a, :] - C0[:, a, :])  # [K, N, G]
-        d_src[:, np.arange(N), g] = -C0[:, a, g]
+        # (a plan may hold two replicas of one expert on one GPU: the one left there also grows)
+        d_src[:, np.arange(N), g] = (has[a, g] - 1) * (Cm[:, a, g] - C0[:, a, g]) - C0[:, a, g]
         # the new expert gains a replica here: its existing replicas take fewer tokens
         d_dst = has[b][None] * (Cp[:, b] - C0[:, b])  # [K, B, G]
         X = T[:, None, None, :] + d_src[:, :, None, :] + d_dst[:, None, :, :]  # [K, N, B, G]
@@ -531,8 +532,8 @@ def repair_placement(placement: Placement, loads: ExpertLoads, cluster: Cluster,
             ms = st.apply(l, [st.forced_rehome(l)])
             record(l, ms, st.layer_value(l))
     room -= need
-    before = math.inf if need else objective_us(dataclasses.replace(placement, replica_weights=None),
-                                                cluster, tokens, w)
+    before = math.inf if need else objective_us(
+        dataclasses.replace(placement, replica_weights=live_weights(placement, down)), cluster, tokens, w)
 
     # 2. the chunk of some layer's sequence that lowers the objective most per move
     tol = 1e-9 * max(float(value.sum()) / L, 1e-12)
