@@ -148,7 +148,7 @@ class Timed:
 def test_policies_move_and_are_charged_their_stall(setup, policy):
     cluster, loads, plan = setup
     cfg = OnlineConfig(policy, period_steps=40, max_moves=6, link_gbps=200.0, observe_tokens=64, detect_window=4,
-                       options=PlacementOptions(redundant=4))
+                       rounds=3, round_gap_steps=20, options=PlacementOptions(redundant=4))
     pol = Timed(make_online(cfg, cluster, loads, plan, MIX))
     sc = Scenario((RoutingSwitch(0.3, _loads(5)),))
     w = poisson_workload(60, 1.5, 64, 16, seed=1)
@@ -169,6 +169,13 @@ def test_policies_move_and_are_charged_their_stall(setup, policy):
     if policy == "vibe":
         assert all(a.moves <= 6 for _, a in acts)
         assert all(t >= 0.3 for t, _ in acts)  # fired by the switch, not before
+        kinds = ["round" if a.reason.startswith("repair round") else "drift" for _, a in acts]
+        assert kinds[0] == "drift" and "round" in kinds  # 6 moves do not finish the job: more rounds
+        runs, k = [], 0  # rounds after each drift: at most rounds - 1 = 2
+        for x in kinds:
+            k = 0 if x == "drift" else k + 1
+            runs.append(k)
+        assert max(runs) <= 2
     else:
         steps = summarize(res, 1e9, 1e9)["steps"]["steps"]
         assert len(acts) <= steps // 40

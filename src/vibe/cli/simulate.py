@@ -300,9 +300,10 @@ def _simulate_online(args: argparse.Namespace, spec, cluster: Cluster, loads: Ex
         return 0
     for e in sorted(out["events"], key=lambda e: e["t_s"]):
         console.print(f"{e['t_s']:8.2f} s  {e['kind']}: {e['detail']}")
-    console.print(windows_markdown(series))
+    # plain print: markdown tables must not be wrapped at the terminal width
+    print(windows_markdown(series))
     overall = {p: r["summary"]["slo_attainment"] for p, r in out["policies"].items()}
-    console.print(totals_markdown({p: r["totals"] for p, r in out["policies"].items()}, None, overall))
+    print(totals_markdown({p: r["totals"] for p, r in out["policies"].items()}, None, overall))
     if args.plot:
         console.print(f"wrote {args.plot}")
     return 0

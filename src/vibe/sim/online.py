@@ -12,7 +12,16 @@ which the engine charges as a stall of serving while the weights move.
             detectors of vibe.recal watch every step; when one fires, repair_placement
             starts from the current plan with at most `max_moves` moves (each must pay
             for its stall over `horizon_steps`, the worth-it rule), for the detector's
-            window of counts and on the re-profiled cluster
+            window of counts and on the re-profiled cluster.
+            Observations: a step of a few decode tokens is too noisy to compare expert
+            shares on (the detector's thresholds sit above the noise of ~2k-token
+            observations), and the hardware check costs about a step's time, so the
+            workload detector sees sums of >= `observe_tokens` tokens (like periodic
+            expert-count dumps) and the hardware detector one step in `hw_sample`.
+            Rounds: a repair that spends its whole budget has more to gain, so up to
+            `rounds` repairs of `max_moves` each run per drift episode, `round_gap_steps`
+            apart, each for the latest window (the stall stays bounded per round, and
+            later rounds see only traffic from after the drift)
 
 Migration stall: a moved expert's weights (3 x hidden x moe_intermediate x weight
 bytes, from the model shape; e.g. DeepSeek-V2-Lite in bf16: 17.3 MB) travel to the
@@ -48,6 +57,8 @@ DEFAULT_HORIZON_STEPS = 10_000  # vibe: a move must pay its stall back within th
 DEFAULT_DETECT_WINDOW = 8  # vibe: observations in the workload detector's window
 DEFAULT_OBSERVE_TOKENS = 4096  # vibe: tokens summed into one workload observation (a "dump")
 DEFAULT_HW_SAMPLE = 8  # vibe: the hardware detector checks one step in this many
+DEFAULT_ROUNDS = 4  # vibe: repair rounds per drift episode (each at most max_moves moves)
+DEFAULT_ROUND_GAP_STEPS = 200  # vibe: steps between the rounds of one episode
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,8 @@ class OnlineConfig:
     detect_window: int = DEFAULT_DETECT_WINDOW
     observe_tokens: int = DEFAULT_OBSERVE_TOKENS
     hw_sample: int = DEFAULT_HW_SAMPLE
+    rounds: int = DEFAULT_ROUNDS
+    round_gap_steps: int = DEFAULT_ROUND_GAP_STEPS
     link_gbps: float = DEFAULT_LINK_GBPS
     expert_bytes: int | None = None  # None: from the model shape
     options: PlacementOptions = PlacementOptions()  # objective of re-solves and repairs
@@ -75,7 +88,8 @@ def check_online(cfg: OnlineConfig) -> None:
         raise VibeError("--max-moves must be >= 0")
     if not cfg.link_gbps > 0 or not cfg.horizon_steps > 0:
         raise VibeError("link bandwidth and horizon must be > 0")
-    if cfg.detect_window < 1 or cfg.observe_tokens < 1 or cfg.hw_sample < 1:
+    if cfg.detect_window < 1 or cfg.observe_tokens < 1 or cfg.hw_sample < 1 or cfg.rounds < 1 \
+            or cfg.round_gap_steps < 1:
         raise VibeError("the detector window, tokens per observation and hardware sampling must be >= 1")
     if cfg.policy == "periodic":
         from vibe.policies import available_policies
@@ -193,6 +207,8 @@ class DriftRepair:
         self.min_gain_us = expert_bytes / (cfg.link_gbps * 1e9) * 1e6 / cfg.horizon_steps
         self.acc = np.zeros_like(loads.counts, dtype=np.float64)  # [L, E] counts of the open observation
         self.steps = 0
+        self.rounds_left = 0  # further repair rounds of the current drift episode
+        self.next_round: int | None = None  # step of the next round, if any
 
     def observe(self, t_s: float, counts: np.ndarray, gpu_us: np.ndarray | None) -> Action | None:
         self.steps += 1
@@ -206,19 +222,29 @@ class DriftRepair:
         if h is not None:
             self.cluster = h.cluster  # the slow GPU's curve scaled by its observed ratio
         if w is None and h is None:
-            return None
+            if self.next_round is None or self.steps < self.next_round:
+                return None
+            self.rounds_left -= 1
+            done = self.cfg.rounds - self.rounds_left
+            return self._repair(self._window_loads(), f"repair round {done}/{self.cfg.rounds}")
         reason = "; ".join(d.describe() for d in (w, h) if d is not None)
+        self.rounds_left = self.cfg.rounds - 1  # a new episode
         return self._repair(w.loads if w is not None else self.profile, reason)
+
+    def _window_loads(self) -> ExpertLoads:
+        """The detector's window of counts as loads (the profile while it is empty)."""
+        window = self.wd.window_counts()
+        if not np.all(window.sum(axis=1) > 0):
+            return self.profile
+        return dataclasses.replace(self.profile, counts=window)
 
     def gpu_lost(self, down: tuple[int, ...], placement: Placement) -> Action | None:
         from vibe.recal.drift import scale_gpus
 
         self.down, self.placement = down, placement
         self.cluster = scale_gpus(self.cluster, {}, down)
-        window = self.wd.window_counts()
-        loads = self.profile if not np.all(window.sum(axis=1) > 0) else dataclasses.replace(
-            self.profile, counts=window)
-        return self._repair(loads, f"GPU {', '.join(map(str, down))} lost: rebalance on the live GPUs")
+        self.rounds_left = self.cfg.rounds - 1
+        return self._repair(self._window_loads(), f"GPU {', '.join(map(str, down))} lost: rebalance on the live GPUs")
 
     def _repair(self, loads: ExpertLoads, reason: str) -> Action | None:
         from vibe.recal import repair_placement
@@ -229,6 +255,8 @@ class DriftRepair:
         self.wd.rebase(loads)
         self.hd.rebase(self.cluster, r.placement)
         self.placement = r.placement
+        spent = len(r.moves) >= self.cfg.max_moves > 0
+        self.next_round = self.steps + self.cfg.round_gap_steps if spent and self.rounds_left > 0 else None
         if not r.moves:
             return None
         per_gpu = moves_per_gpu(r.moves, self.placement.slots_per_gpu, self.placement.num_gpus)
