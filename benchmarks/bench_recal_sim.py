@@ -153,8 +153,7 @@ def main(argv=None) -> int:
     for first in range(1 if args.quick else 3):
         res = drift_run(first, loads, traces, cluster, scale, 125.0)
         title = f"plan for {res['order'][0]}, traffic {' -> '.join(res['order'])}, GPU 2 throttled, 125 QPS"
-        png = None if args.quick and first else IMG / f"recal_sim_drift_{res['order'][0]}.png"
-        md, nums = report(title, res, None if args.quick else png)
+        md, nums = report(title, res, IMG / "recal_sim_drift.png" if first == 0 and not args.quick else None)
         console.print(md)
         drift.append({"order": res["order"], "nums": nums, "result": res})
     if not args.quick:  # near the knee, routing drift alone
