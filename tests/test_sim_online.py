@@ -218,7 +218,7 @@ def test_cli_online_plot_and_json(tmp_path, capsys, setup):
     png = (tmp_path / "slo.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert main(args + ["--json"]) == 0
-    js = json.loads(capsys.readouterr().out)
+    js = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"{c} in --json output"))
     assert set(js["policies"]) == {"none", "vibe"}
     assert [e["kind"] for e in js["events"]].count("loss") == 1
     assert len(js["policies"]["vibe"]["windows"]) == 4

@@ -296,7 +296,7 @@ def _simulate_online(args: argparse.Namespace, spec, cluster: Cluster, loads: Ex
         with atomic_path(args.plot) as tmp:
             tmp.write_bytes(png)
     if args.json:
-        print(json.dumps(out, default=float))
+        print(json.dumps(_finite(out), default=float))
         return 0
     for e in sorted(out["events"], key=lambda e: e["t_s"]):
         console.print(f"{e['t_s']:8.2f} s  {e['kind']}: {e['detail']}")
@@ -307,3 +307,14 @@ def _simulate_online(args: argparse.Namespace, spec, cluster: Cluster, loads: Ex
     if args.plot:
         console.print(f"wrote {args.plot}")
     return 0
+
+
+def _finite(obj):
+    """NaN (an empty window's attainment) as null, so --json prints strict JSON."""
+    if isinstance(obj, float) and obj != obj:
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
