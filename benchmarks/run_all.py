@@ -2,6 +2,7 @@
 
 Timings on a shared 2-core machine are noisy: compare ratios measured in one run.
 bench_sim.py takes about 10 minutes; pass --skip sim to leave it out.
+bench_recal_sim.py (online policies under drift in the simulator) takes 1.5-3 minutes.
 """
 
 from __future__ import annotations

@@ -26,6 +26,24 @@ def register(cli) -> None:
     s.add_argument("--qps", type=positive_float, default=None, help="request rate; required without --trace (with --trace: rescale the trace to it)")
     s.add_argument("--seed", type=seed_int, default=0)
     s.add_argument("--json", action="store_true", help="print one JSON object")
+    o = s.add_argument_group("drift and online policies (see docs/simulator.md)")
+    o.add_argument("--switch", action="append", default=[], metavar="T:LOADS[:TRACE]",
+                   help="from T s on, route by LOADS (vibe.loads/v1 file or ESFT folder) or by TRACE (.npz or ESFT "
+                        "folder); repeatable")
+    o.add_argument("--lose-gpu", action="append", default=[], metavar="G:T", help="GPU G is lost at T s; repeatable")
+    o.add_argument("--throttle", action="append", default=[], metavar="G:T:X",
+                   help="GPU G takes (1 + X) x its time from T s on; repeatable")
+    o.add_argument("--online", nargs="+", default=["none"], choices=("none", "periodic", "vibe"),
+                   help="online policy; several: one run each, compared (default: none)")
+    o.add_argument("--period-steps", type=int, default=None, metavar="N", help="periodic: steps between full re-solves")
+    o.add_argument("--resolve-policy", default="vibe", help="periodic: the solver of the full re-solve")
+    o.add_argument("--max-moves", type=int, default=None, metavar="K", help="vibe: moves per repair")
+    o.add_argument("--link-gbps", type=float, default=None, help="GB/s per GPU for moved weights")
+    o.add_argument("--detect-delay", type=float, default=None, metavar="S", help="seconds until a lost GPU is dropped")
+    o.add_argument("--rehome-gbps", type=float, default=None, help="GB/s per GPU reloading a lost GPU's experts")
+    o.add_argument("--window", type=float, default=None, metavar="S",
+                   help="seconds per reporting window (default: duration / 12)")
+    o.add_argument("--plot", default=None, metavar="PNG", help="write SLO attainment over time with drift events")
 
     w = cli.command("sweep", "simulate policies x QPS x seeds in parallel and write a report folder", cmd_sweep)
     _add_common(w)
@@ -160,6 +178,56 @@ def _bar(label: str, total: int | None = None):
         yield bar, bar.add_task(label, total=total)
 
 
+def _fields(text: str, n: int, flag: str, form: str) -> list[str]:
+    parts = text.split(":", n - 1)
+    if len(parts) < n:
+        raise VibeError(f"{flag} {text!r}: expected {form}")
+    return parts
+
+
+def _number(text: str, flag: str, kind=float):
+    try:
+        return kind(text)
+    except ValueError:
+        raise VibeError(f"{flag}: {text!r} is not a number") from None
+
+
+def _scenario_args(args: argparse.Namespace, placement: Placement):
+    """--switch / --lose-gpu / --throttle -> (Scenario, throttles)."""
+    from vibe.sim.hardware import Throttle
+    from vibe.sim.predictor import load_routing_trace
+    from vibe.sim.scenario import GpuLoss, RoutingSwitch, Scenario, check_scenario
+
+    switches = []
+    for text in args.switch:
+        t, rest = _fields(text, 2, "--switch", "T:LOADS[:TRACE]")
+        path, _, trace = rest.partition(":")
+        if Path(path).is_dir():
+            from vibe.engines.esft import load_esft_loads
+
+            sw_loads = load_esft_loads(path)
+        else:
+            sw_loads = ExpertLoads.load(path)
+        switches.append(RoutingSwitch(_number(t, "--switch"), sw_loads, load_routing_trace(trace) if trace else None,
+                                      Path(path).name))
+    losses = []
+    for text in args.lose_gpu:
+        g, t = _fields(text, 2, "--lose-gpu", "G:T")
+        losses.append(GpuLoss(_number(g, "--lose-gpu", int), _number(t, "--lose-gpu")))
+    throttles = []
+    for text in args.throttle:
+        g, t, x = _fields(text, 3, "--throttle", "G:T:X")
+        throttles.append(Throttle(_number(g, "--throttle", int), _number(t, "--throttle"), _number(x, "--throttle")))
+    kw = {k: v for k, v in (("detect_s", args.detect_delay), ("rehome_gbps", args.rehome_gbps)) if v is not None}
+    sc = Scenario(tuple(switches), tuple(losses), **kw)
+    check_scenario(sc, placement)
+    return sc, tuple(throttles)
+
+
+def _online_mode(args: argparse.Namespace) -> bool:
+    return bool(args.switch or args.lose_gpu or args.throttle or args.plot or args.online != ["none"])
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from vibe.sim.hardware import check_hardware
     from vibe.sim.sweep import run_point
@@ -174,6 +242,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         check_qps(args.qps)
     check_hardware(spec.hardware, cluster.num_gpus)
     _check_trace(spec, placement)
+    if _online_mode(args):
+        return _simulate_online(args, spec, cluster, loads, placement)
     with _bar("simulating requests") as (bar, task):
         row = run_point(spec, cluster, loads, placement, placement.policy or "placement", args.qps, args.seed,
                         progress=lambda done, total: bar.update(task, completed=done, total=total))
@@ -235,3 +305,61 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     console.print((written["table.md"]).read_text())
     console.print("wrote " + ", ".join(str(p) for p in written.values()))
     return 0
+
+
+def _simulate_online(args: argparse.Namespace, spec, cluster: Cluster, loads: ExpertLoads, placement: Placement) -> int:
+    """--online / --switch / --lose-gpu / --throttle: one run per online policy, a table
+    per reporting window, the policies' moves and stalls, and optionally the plot."""
+    import dataclasses
+
+    from vibe.io import atomic_path
+    from vibe.sim.hardware import check_hardware
+    from vibe.sim.online import OnlineConfig, action_times, check_online, run_online
+    from vibe.sim.report import plot_windows_png, totals_markdown, windows_markdown
+
+    scenario, throttles = _scenario_args(args, placement)
+    spec = dataclasses.replace(spec, hardware=dataclasses.replace(spec.hardware, throttles=throttles))
+    check_hardware(spec.hardware, cluster.num_gpus)
+    knobs = {k: v for k, v in (("period_steps", args.period_steps), ("max_moves", args.max_moves),
+                               ("link_gbps", args.link_gbps)) if v is not None}
+    options = PlacementOptions(redundant=placement.num_redundant)
+    configs = {p: OnlineConfig(p, resolve_policy=args.resolve_policy, options=options, **knobs)
+               for p in dict.fromkeys(args.online)}
+    for c in configs.values():
+        check_online(c)
+    window = args.window if args.window is not None else args.duration / 12
+    if not window > 0:
+        raise VibeError("--window must be > 0 s")
+    with _bar("simulating requests") as (bar, task):
+        out = run_online(spec, cluster, loads, placement, args.qps, args.seed, scenario, configs, window,
+                         progress=lambda done, total: bar.update(task, completed=done, total=total))
+    series = {p: r["windows"] for p, r in out["policies"].items()}
+    if args.plot:
+        png = plot_windows_png(series, out["events"], f"{spec.model.name} on {cluster.num_gpus} GPUs, "
+                                                      f"{out['qps']:.3g} QPS: SLO attainment over time",
+                               actions=action_times(out))
+        with atomic_path(args.plot) as tmp:
+            tmp.write_bytes(png)
+    if args.json:
+        print(json.dumps(_finite(out), default=float))
+        return 0
+    for e in sorted(out["events"], key=lambda e: e["t_s"]):
+        console.print(f"{e['t_s']:8.2f} s  {e['kind']}: {e['detail']}")
+    # plain print: markdown tables must not be wrapped at the terminal width
+    print(windows_markdown(series))
+    overall = {p: r["summary"]["slo_attainment"] for p, r in out["policies"].items()}
+    print(totals_markdown({p: r["totals"] for p, r in out["policies"].items()}, None, overall))
+    if args.plot:
+        console.print(f"wrote {args.plot}")
+    return 0
+
+
+def _finite(obj):
+    """NaN (an empty window's attainment) as null, so --json prints strict JSON."""
+    if isinstance(obj, float) and obj != obj:
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj

@@ -7,6 +7,8 @@ Structured like Vidur, each part in its own module and replaceable:
                 step's routed tokens (each MoE layer waits for its slowest GPU)
   hardware.py   per-GPU time multipliers over time (jitter, thermal drift)
   engine.py     the event loop and streaming statistics
+  scenario.py   routing switches and lost GPUs over time
+  online.py     online placement policies (none, periodic re-solve, drift-triggered repair)
   sweep.py      policies x QPS x seeds in parallel;  report.py  table + plots
 """
 

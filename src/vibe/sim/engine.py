@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vibe.errors import VibeError
 from vibe.model import Cluster, ExpertLoads, Placement, RoutingTrace
 from vibe.sim.hardware import HardwareModel, plan_drift, speed_factors, static_speed_ratio
 from vibe.sim.models import ModelSpec, check_model_matches
 from vibe.sim.predictor import GpuSpec, Predictor, make_router
+from vibe.sim.scenario import ScenarioRuntime, rehome_after_loss
 from vibe.sim.scheduler import Scheduler, SchedulerConfig
 from vibe.sim.requests import Workload
 
@@ -84,6 +86,7 @@ class SimResult:
     output_len: np.ndarray  # [N]
     end_s: float  # simulated time when the run stopped
     steps: StepStats
+    events: tuple[dict, ...] = ()  # scenario and online-policy events (t_s, kind, detail, moves, stall_s)
 
     @property
     def finished(self) -> np.ndarray:
@@ -106,11 +109,16 @@ class SimResult:
 def simulate(workload: Workload, cluster: Cluster, loads: ExpertLoads, placement: Placement, model: ModelSpec,
              scheduler: SchedulerConfig = SchedulerConfig(), hardware: HardwareModel = HardwareModel(),
              trace: RoutingTrace | None = None, routing: str = "sample", seed: int = 0,
-             gpu: GpuSpec = GpuSpec(), max_time_s: float | None = None, progress=None) -> SimResult:
+             gpu: GpuSpec = GpuSpec(), max_time_s: float | None = None, progress=None,
+             scenario=None, online=None, expert_bytes: int | None = None) -> SimResult:
     """Serve `workload` with `placement` on `cluster`; stop when every request finished
     or at `max_time_s` of simulated time (default: 3x the last arrival + 60 s).
 
-    progress: optional callable(done_requests, total) called every few hundred steps."""
+    progress: optional callable(done_requests, total) called every few hundred steps.
+    scenario: a vibe.sim.scenario.Scenario (routing switches, lost GPUs) or None.
+    online: a policy from vibe.sim.online.make_online, called between steps, or None.
+    expert_bytes: one expert's weights, for the re-home stall after a loss (default:
+    from the model shape). Without scenario and online the run is the static one."""
     placement.check_fits(cluster)
     placement.check_matches(loads)
     check_model_matches(model, loads.num_layers, loads.num_experts, loads.top_k, "loads")
@@ -124,8 +132,18 @@ def simulate(workload: Workload, cluster: Cluster, loads: ExpertLoads, placement
     sched = Scheduler(workload, scheduler)
     stats = StepStats(cluster.num_gpus)
     limit = max_time_s if max_time_s is not None else 3.0 * float(workload.arrival_s[-1]) + 60.0
+    world = None if scenario is None or scenario.is_empty else ScenarioRuntime(scenario, loads, trace, placement,
+                                                                                  routing)
+    events: list[dict] = _fixed_events(world, hardware)
+    down: tuple[int, ...] = ()
     finished, t = 0, 0.0
     while not sched.done and t < limit:
+        if world is not None and (loss := world.next_loss(t)) is not None:
+            t, placement, down = _lose_gpu(loss, t, placement, down, world, loads, cluster, model, online,
+                                           expert_bytes, events)
+            predictor = Predictor(model, cluster, placement, gpu, table_tokens=table,
+                                  dense_gpus=cluster.num_gpus - len(down))
+            continue  # another loss may be due by now
         batch = sched.schedule(t)
         if batch.requests.size == 0:
             if sched.next_arrival() <= t:  # cannot happen: the scheduler admits onto an empty group
@@ -133,18 +151,74 @@ def simulate(workload: Workload, cluster: Cluster, loads: ExpertLoads, placement
             t = sched.next_arrival()  # idle until the next request arrives
             continue
         factors = None if hardware.is_static else speed_factors(plan, t, hw_rng)
+        if down:  # a lost GPU does no work and sets no pace
+            factors = np.ones(cluster.num_gpus) if factors is None else factors.copy()
+            factors[list(down)] = 0.0
         dense_scale = float((static if factors is None else static * factors).max())
         n = batch.num_tokens
-        st = predictor.step(n, batch.context, route(n, route_rng), factors, dense_scale)
+        counts = (route if world is None else world.router(t))(n, route_rng)
+        st = predictor.step(n, batch.context, counts, factors, dense_scale)
         t += st.total_us / 1e6
         _, fin = sched.commit(batch, t)
         stats.add(st, n)
         finished += fin.size
+        if online is not None:
+            seen = st.gpu_us.copy()
+            seen[list(down)] = np.nan  # a lost GPU reports nothing
+            action = online.observe(t, counts, seen)
+            if action is not None:
+                t = _apply(action, t, events, online.name)
+                placement = action.placement
+                predictor = Predictor(model, cluster, placement, gpu, table_tokens=table,
+                                      dense_gpus=cluster.num_gpus - len(down))
         if progress is not None and stats.steps % 256 == 0:
             progress(finished, workload.num_requests)
     if progress is not None:
         progress(finished, workload.num_requests)
-    return SimResult(workload.arrival_s, sched.first_token_s, sched.finish_s, workload.output_len, t, stats)
+    return SimResult(workload.arrival_s, sched.first_token_s, sched.finish_s, workload.output_len, t, stats,
+                     tuple(e for e in events if e["t_s"] <= t))
+
+
+def _fixed_events(world, hardware: HardwareModel) -> list[dict]:
+    """Events known up front: routing switches and named throttles."""
+    ev = [] if world is None else list(world.switch_events)
+    ev += [{"t_s": th.start_s, "kind": "throttle", "detail": f"GPU {th.gpu} +{100 * th.slowdown:.0f}% time"}
+           for th in hardware.throttles]
+    return ev
+
+
+def _apply(action, t: float, events: list[dict], policy: str) -> float:
+    """Log a policy's action and return the clock after its stall."""
+    events.append({"t_s": t, "kind": "resolve" if policy == "periodic" else "repair", "policy": policy,
+                   "detail": action.reason, "moves": action.moves, "bytes": action.bytes, "stall_s": action.stall_s})
+    return t + action.stall_s
+
+
+def _lose_gpu(loss, t: float, placement: Placement, down: tuple[int, ...], world, loads: ExpertLoads,
+              cluster: Cluster, model: ModelSpec, online, expert_bytes: int | None,
+              events: list[dict]) -> tuple[float, Placement, tuple[int, ...]]:
+    """A GPU loss (scenario.py): stall until detected, drop the GPU, re-home its lone
+    experts (stalling for their reload), then let the online policy react.
+    Returns (clock, plan, lost GPUs)."""
+    from vibe.sim.online import migration_stall_s, model_expert_bytes, moves_per_gpu
+
+    size = expert_bytes if expert_bytes is not None else model_expert_bytes(model)
+    down = tuple(sorted(down + (loss.gpu,)))
+    t = max(t, loss.at_s + world.detect_s)
+    events.append({"t_s": loss.at_s, "kind": "loss", "detail": f"GPU {loss.gpu} lost", "moves": 0, "bytes": 0,
+                   "stall_s": t - loss.at_s})
+    placement, moves = rehome_after_loss(placement, loads, cluster, down)
+    stall = migration_stall_s(moves_per_gpu(moves, placement.slots_per_gpu, placement.num_gpus), size,
+                              world.rehome_gbps)
+    events.append({"t_s": t, "kind": "rehome", "detail": f"{len(moves)} experts of GPU {loss.gpu} re-homed",
+                   "moves": len(moves), "bytes": len(moves) * size, "stall_s": stall})
+    t += stall
+    if online is not None:
+        action = online.gpu_lost(down, placement)
+        if action is not None:
+            t = _apply(action, t, events, online.name)
+            placement = action.placement
+    return t, placement, down
 
 
 def summarize(result: SimResult, slo_ttft_ms: float, slo_tpot_ms: float) -> dict:
@@ -159,3 +233,35 @@ def summarize(result: SimResult, slo_ttft_ms: float, slo_tpot_ms: float) -> dict
             "slo_attainment": float(ok.mean()), "slo_ttft_ms": slo_ttft_ms, "slo_tpot_ms": slo_tpot_ms,
             "throughput_tok_s": gen / result.end_s if result.end_s > 0 else 0.0,
             "simulated_s": result.end_s, "steps": result.steps.to_dict()}
+
+
+def summarize_windows(result: SimResult, slo_ttft_ms: float, slo_tpot_ms: float, window_s: float,
+                      until_s: float | None = None) -> list[dict]:
+    """Per window of arrival time [k w, (k + 1) w): requests that arrived in it, their SLO
+    attainment and P90 TTFT (unfinished requests count as misses, as in `summarize`).
+    Windows run up to `until_s` (default: the last arrival)."""
+    if not window_s > 0:
+        raise VibeError("the window must be > 0 s")
+    ttft, tpot = result.ttft_s() * 1e3, result.tpot_s() * 1e3
+    ok = result.finished & (ttft <= slo_ttft_ms) & (tpot <= slo_tpot_ms)
+    end = float(result.arrival_s[-1]) if until_s is None else until_s
+    k = np.floor(result.arrival_s / window_s).astype(np.int64)
+    rows = []
+    for w in range(int(np.floor(end / window_s)) + 1):
+        sel = k == w
+        n = int(sel.sum())
+        rows.append({"start_s": w * window_s, "end_s": (w + 1) * window_s, "requests": n,
+                     "slo_attainment": float(ok[sel].mean()) if n else float("nan"),
+                     "p90_ttft_ms": float(np.percentile(ttft[sel], 90)) if n else float("nan")})
+    return rows
+
+
+def online_totals(result: SimResult) -> dict:
+    """Moves, bytes and stall seconds of the online policy's actions, of the re-homes
+    after losses, and the stall waiting for losses to be detected."""
+    pol = [e for e in result.events if e["kind"] in ("repair", "resolve")]
+    home = [e for e in result.events if e["kind"] == "rehome"]
+    return {"actions": len(pol), "moves": int(sum(e["moves"] for e in pol)),
+            "bytes": int(sum(e["bytes"] for e in pol)), "stall_s": float(sum(e["stall_s"] for e in pol)),
+            "rehome_moves": int(sum(e["moves"] for e in home)), "rehome_stall_s": float(sum(e["stall_s"] for e in home)),
+            "detect_stall_s": float(sum(e["stall_s"] for e in result.events if e["kind"] == "loss"))}

@@ -133,6 +133,7 @@ class StepTime:
     dense_us: float  # attention + non-expert parts, all layers
     idle_fraction: float  # GPU time idle at MoE barriers, this step
     slowest_gpu: np.ndarray  # [L] which GPU set each MoE layer's time
+    gpu_us: np.ndarray | None = None  # [G] each GPU's MoE time summed over layers (what it would report)
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,7 @@ class Predictor:
     placement: Placement
     gpu: GpuSpec = GpuSpec()
     table_tokens: int = 8192  # whole token counts up to this are looked up, not interpolated
+    dense_gpus: int | None = None  # GPUs sharing the data-parallel attention (None: all; fewer after a loss)
 
     def __post_init__(self) -> None:
         p = self.placement
@@ -162,7 +164,8 @@ class Predictor:
     def dense_us(self, tokens: float, context: float, scale: float = 1.0) -> float:
         """Non-expert time of all layers for `tokens` tokens attending `context` context
         tokens in total (us), on GPUs `scale` times slower than nominal."""
-        m, g, G = self.model, self.gpu, self.cluster.num_gpus
+        m, g = self.model, self.gpu
+        G = self.cluster.num_gpus if self.dense_gpus is None else self.dense_gpus
         t, c = tokens / G, context / G
 
         def layer(params: float) -> float:
@@ -206,7 +209,7 @@ class Predictor:
         moe = float(layer.sum())
         dense = self.dense_us(tokens, context, dense_scale)
         idle = 1.0 - float(T.mean(axis=1).sum()) / moe if moe > 0 else 0.0
-        return StepTime(moe + a2a + dense, moe, a2a, dense, idle, T.argmax(axis=1))
+        return StepTime(moe + a2a + dense, moe, a2a, dense, idle, T.argmax(axis=1), T.sum(axis=0))
 
 
 def load_routing_trace(path) -> RoutingTrace:

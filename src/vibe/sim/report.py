@@ -146,3 +146,80 @@ def demo_rows(cluster, loads, placements: dict, requests: int = 200, seed: int =
         row["model"] = model.name
         rows.append(row)
     return rows
+
+
+# ---- online policies over time (scenario runs) ---------------------------------------------
+_EVENT_STYLE = {"switch": ("tab:blue", "--"), "throttle": ("tab:orange", "-."), "loss": ("tab:red", "-")}
+
+
+def plot_windows_png(series: dict[str, list[dict]], events: list[dict], title: str,
+                     key: str = "slo_attainment", ylabel: str = "SLO attainment",
+                     actions: dict[str, list[float]] | None = None) -> bytes:
+    """`key` per arrival window (summarize_windows rows) for each policy, with the
+    scenario's drift events (routing switches, throttles, lost GPUs) as vertical lines
+    and each policy's plan changes (`actions`: policy -> times) as ticks along the
+    bottom in its colour; PNG bytes (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4), dpi=110)
+    for policy, rows in series.items():
+        mid = [(r["start_s"] + r["end_s"]) / 2 for r in rows]
+        line, = ax.plot(mid, [r[key] for r in rows], marker="o", markersize=3, label=policy)
+        ts = (actions or {}).get(policy) or []
+        if ts:
+            ax.plot(ts, [0.0] * len(ts), linestyle="none", marker="|", markersize=12, color=line.get_color(),
+                    transform=ax.get_xaxis_transform())
+    seen = set()
+    for e in events:
+        if e["kind"] not in _EVENT_STYLE:
+            continue
+        color, style = _EVENT_STYLE[e["kind"]]
+        ax.axvline(e["t_s"], color=color, linestyle=style, linewidth=1, alpha=0.8,
+                   label=None if e["kind"] in seen else e["kind"])
+        seen.add(e["kind"])
+        ax.annotate(e["detail"], (e["t_s"], 1.0), xycoords=("data", "axes fraction"), rotation=90, fontsize=6,
+                    va="top", ha="right", color=color)
+    ax.set_xlabel("arrival time (s)")
+    ax.set_ylabel(ylabel)
+    if key == "slo_attainment":
+        ax.set_ylim(-0.03, 1.03)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def windows_markdown(series: dict[str, list[dict]]) -> str:
+    """A table: one row per window, SLO attainment and P90 TTFT of every policy."""
+    names = list(series)
+    head = "| window (s) | " + " | ".join(f"{p} SLO | {p} P90 TTFT (ms)" for p in names) + " |"
+    lines = [head, "|---|" + "---:|---:|" * len(names)]
+    for k, r in enumerate(next(iter(series.values()))):
+        cells = []
+        for p in names:
+            w = series[p][k]
+            slo = "-" if w["requests"] == 0 else f"{100 * w['slo_attainment']:.0f}%"
+            ttft = "-" if w["requests"] == 0 else f"{w['p90_ttft_ms']:,.0f}"
+            cells += [slo, ttft]
+        lines.append(f"| {r['start_s']:g}-{r['end_s']:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def totals_markdown(totals: dict[str, dict], after_s: float | None, overall: dict[str, float],
+                    after: dict[str, float] | None = None) -> str:
+    """Per policy: moves, stall, re-home moves and SLO attainment overall (and after `after_s`)."""
+    extra = "" if after is None else f" | SLO after {after_s:g} s"
+    lines = [f"| policy | actions | moves | stall (ms) | re-home moves | re-home + detect stall (ms) | SLO overall{extra} |",
+             "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if after is not None else "")]
+    for p, t in totals.items():
+        row = (f"| {p} | {t['actions']} | {t['moves']:,} | {1e3 * t['stall_s']:,.0f} | {t['rehome_moves']} | "
+               f"{1e3 * (t['rehome_stall_s'] + t['detect_stall_s']):,.0f} | {100 * overall[p]:.1f}%")
+        lines.append(row + ("" if after is None else f" | {100 * after[p]:.1f}%") + " |")
+    return "\n".join(lines) + "\n"
