@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["foundation", "solver", "workload", "profile", "engines", "recal", "sim"]
+BENCHES = ["foundation", "solver", "scale", "workload", "profile", "engines", "recal", "recal_sim", "sim"]
 
 
 def main() -> int:

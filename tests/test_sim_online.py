@@ -244,3 +244,17 @@ def test_esft_switch_drifts_vibe_repairs(esft_dir):
     acts = [(t, a) for t, a in pol.log if a is not None]
     assert acts and all(t > 0.6 for t, _ in acts) and all(a.moves <= 16 for _, a in acts)
     assert "workload drift" in acts[0][1].reason
+
+
+def test_events_past_the_end_of_the_arrivals_warn(tmp_path, capsys, setup):
+    cluster, loads, plan = setup
+    for name, obj in (("c.json", cluster), ("l.json", loads), ("p.json", plan)):
+        obj.save(tmp_path / name)
+    base = ["simulate", "--cluster", str(tmp_path / "c.json"), "--loads", str(tmp_path / "l.json"),
+            "--placement", str(tmp_path / "p.json"), "--qps", "40", "--duration", "0.5", "--input-len", "64",
+            "--output-len", "8", "--window", "0.25"]
+    assert main(base + ["--switch", f"2:{tmp_path / 'l.json'}", "--throttle", "0:0.1:0.2"]) == 0
+    err = capsys.readouterr().err
+    assert "--switch at 2 s is past the end of the arrivals" in err and "--throttle" not in err
+    assert main(base + ["--lose-gpu", "1:0.5"]) == 0
+    assert "--lose-gpu at 0.5 s is past the end" in capsys.readouterr().err

@@ -218,6 +218,13 @@ def _scenario_args(args: argparse.Namespace, placement: Placement):
     for text in args.throttle:
         g, t, x = _fields(text, 3, "--throttle", "G:T:X")
         throttles.append(Throttle(_number(g, "--throttle", int), _number(t, "--throttle"), _number(x, "--throttle")))
+    events = [(f"--switch at {s.at_s:g} s", s.at_s) for s in switches]
+    events += [(f"--lose-gpu at {l.at_s:g} s", l.at_s) for l in losses]
+    events += [(f"--throttle at {x.start_s:g} s", x.start_s) for x in throttles]
+    for name, t in events:  # an event after the last arrival may change nothing the table shows
+        if args.duration is not None and t >= args.duration:
+            err_console.print(f"vibe: warning: {name} is past the end of the arrivals ({args.duration:g} s, "
+                              "--duration): it may show nothing", soft_wrap=True)
     kw = {k: v for k, v in (("detect_s", args.detect_delay), ("rehome_gbps", args.rehome_gbps)) if v is not None}
     sc = Scenario(tuple(switches), tuple(losses), **kw)
     check_scenario(sc, placement)
