@@ -99,7 +99,7 @@ def register(cli) -> None:
 
 def _options(args: argparse.Namespace, placement: Placement, loads: ExpertLoads):
     """vibe place's PlacementOptions, with the plan's own replica count."""
-    options = options_from_args(args)
+    options = options_from_args(args, placement.num_gpus)
     if args.traces:
         options = dataclasses.replace(options, extras=dict(options.extras, traces=read_traces(args.traces, loads)))
     return dataclasses.replace(options, redundant=placement.num_redundant)
