@@ -94,13 +94,10 @@ def plans(draw):
     return random_plan(rng, L, E, G, R), loads, cluster, down, draw(st.integers(0, 12))
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(plans())
-def test_every_step_of_a_repair_is_a_valid_plan_and_the_objective_never_rises(case):
-    plan, loads, cluster, down, k = case
+def check_steps(plan, loads, cluster, down, rep) -> None:
+    """Every step of rep's move list is a valid plan past the re-homing prefix, and the
+    objective never rises along it and matches step_us."""
     tokens, w = objective_tokens(loads, OPTS)
-    rep = repair_placement(plan, loads, cluster, OPTS, max_moves=k + 3 * plan.slots_per_gpu * plan.num_layers,
-                           down_gpus=down)
     live = ~np.isin(plan.gpu_of_slot, down)
     phy = plan.physical_to_logical_map.copy()
     row = {lid: r for r, lid in enumerate(plan.layer_ids)}
@@ -127,6 +124,35 @@ def test_every_step_of_a_repair_is_a_valid_plan_and_the_objective_never_rises(ca
     if down:
         assert np.all(rep.placement.replica_weights[:, ~live] == 0)
         assert rep.placement.extra["down_gpus"] == down
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plans())
+def test_every_step_of_a_repair_is_a_valid_plan_and_the_objective_never_rises(case):
+    plan, loads, cluster, down, k = case
+    rep = repair_placement(plan, loads, cluster, OPTS, max_moves=k + 3 * plan.slots_per_gpu * plan.num_layers,
+                           down_gpus=down)
+    check_steps(plan, loads, cluster, down, rep)
+
+
+@pytest.mark.parametrize("only", ["greedy", "knapsack"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_each_candidate_sequence_alone_is_valid_and_the_best_of_them_is_kept(monkeypatch, only, seed):
+    """The repair takes the better of two move sequences (the global greedy, the budget
+    split over layers by a knapsack): each alone keeps the contract, and the pair is
+    never worse than the greedy alone."""
+    from vibe.recal import repair as rp
+
+    cluster, _, new, plan = small_case(seed=seed, R=4)
+    opts = dataclasses.replace(OPTS, redundant=4)
+    down = [1] if seed == 2 else []
+    both = repair_placement(plan, new, cluster, opts, max_moves=10, down_gpus=down)
+    other = "_budgeted_layers" if only == "greedy" else "_greedy_chunks"
+    monkeypatch.setattr(rp, other, lambda *a, **k: [])
+    alone = repair_placement(plan, new, cluster, opts, max_moves=10, down_gpus=down)
+    assert len(alone.moves) <= 10
+    check_steps(plan, new, cluster, down, alone)
+    assert both.after_us <= alone.after_us * (1 + 1e-12)
 
 
 def test_max_moves_budget_is_kept_and_zero_moves_changes_nothing():

@@ -4,7 +4,11 @@ A *move* gives one physical slot a different logical expert (one expert's weight
 travel to that slot's GPU); a *swap* of two slots is two moves, listed one after the
 other, that an engine applies together. Starting from the current plan, the greedy
 takes, again and again, the move or swap that lowers the predicted objective most per
-move, until the move or byte budget is spent or no move helps. The objective is the one
+move, until the move or byte budget is spent or no move helps. With a finite budget on
+a plan of up to SHORT_LOOKAHEAD_SLOTS slots, a second candidate splits the budget over
+the layers exactly (a knapsack over prefixes of each layer's own sequences: the greedy
+potential sequence, a makespan-first sequence and a beam search over swaps), and the
+candidate with the lower objective is returned. The objective is the one
 of `vibe place` (vibe.cost): sum over operating points (or re-sampled steps with
 --robust/--traces) of weight x sum over layers of the slowest GPU's time.
 
@@ -392,6 +396,28 @@ class _State:
                 step = [(int(slots[i]), int(b[j]))]
         return step
 
+    def next_makespan_step(self, l: int, tau: np.ndarray, tol: float) -> list[tuple[int, int]] | None:
+        """The step of layer l that lowers its weighted makespan most per move (ties: the
+        excess potential), or next_step's potential step when none lowers it."""
+        best, step = -tol, None
+        df, dphi, si, sj = self.swaps(l, tau)
+        if df.size:
+            key = df / 2 + 1e-9 * np.where(np.isfinite(dphi), dphi, 0) / max(float(tau.max()), 1e-12)
+            k = int(np.argmin(key))
+            if key.flat[k] < best and df.flat[k] < -tol:
+                i, j = divmod(k, len(sj))
+                i, j = int(si[i]), int(sj[j])
+                best, step = key.flat[k], [(i, int(self.phy[l, j])), (j, int(self.phy[l, i]))]
+        if (self.cnt[l] >= 2).any():
+            df, dphi, slots, b = self.singles(l, tau)
+            if df.size:
+                key = df + 1e-9 * np.where(np.isfinite(dphi), dphi, 0) / max(float(tau.max()), 1e-12)
+                k = int(np.argmin(key))
+                if key.flat[k] < best and df.flat[k] < -tol:
+                    i, j = divmod(k, b.size)
+                    step = [(int(slots[i]), int(b[j]))]
+        return step if step is not None else self.next_step(l, tau, tol)
+
     def forced_rehome(self, l: int) -> tuple[int, int]:
         """The cheapest move that gives an expert without a live slot one: (slot, expert)."""
         df, dphi, slots, b = self.singles(l, self.level(l), targets=self.cnt[l] == 0)
@@ -480,6 +506,172 @@ class _Sequence:
         return out
 
 
+
+# ---- the candidate sequences -----------------------------------------------------------
+# A layer's plan after a step: (the step's moves, the layer's value after it).
+_Steps = list[tuple[list[Move], float]]
+
+
+def _restore(st: _State, phy: np.ndarray) -> None:
+    """Put the state back on plan `phy` [L, P] (refreshing the layers that differ)."""
+    for l in np.flatnonzero((st.phy != phy).any(axis=1)):
+        st.phy[l] = phy[l]
+        st.refresh(int(l))
+
+
+def _greedy_chunks(st: _State, tol: float, short: bool, room: float,
+                   min_gain_us: float) -> list[tuple[int, _Steps, float]]:
+    """Global greedy: again and again, the chunk of some layer's own sequence that lowers
+    the objective most per move. Returns committed runs [(layer, steps, gain)] in order."""
+    L = st.phy.shape[0]
+    seqs = [_Sequence(st, l, tol, short) for l in range(L)]
+    chunks = [s.best_chunk(room) for s in seqs]
+    out: list[tuple[int, _Steps, float]] = []
+    while room >= 1:
+        l = int(np.argmax([c[0] for c in chunks]))
+        rate, count, used = chunks[l]
+        if count == 0 or rate <= tol or rate < min_gain_us:
+            break
+        out.append((l, seqs[l].commit(count), rate * used))
+        room -= used
+        chunks[l] = seqs[l].best_chunk(room)
+        for k, c in enumerate(chunks):  # a chunk that no longer fits the budget is re-cut
+            if c[2] > room:
+                chunks[k] = seqs[k].best_chunk(room)
+    return out
+
+
+def _layer_sequence(st: _State, l: int, tol: float, cap: float, mode: str) -> _Steps:
+    """Layer l's own sequence of improving steps, up to `cap` moves, from the state's
+    current plan (which it leaves changed). mode "potential": each step lowers the excess
+    potential most per move (next_step); "makespan": the step that lowers the layer's
+    weighted makespan most per move, the potential step only on a plateau."""
+    tau = st.level(l)
+    steps: _Steps = []
+    used = 0
+    while True:
+        step = st.next_step(l, tau, tol) if mode == "potential" else st.next_makespan_step(l, tau, tol)
+        if step is None or used + len(step) > cap:
+            break
+        used += len(step)
+        steps.append((st.apply(l, step), st.layer_value(l)))
+    return steps
+
+
+BEAM_WIDTH, BEAM_BRANCH, BEAM_DEPTH = 8, 16, 6  # plans kept, swaps tried from each, swaps deep
+
+
+def _beam_options(st: _State, l: int, tol: float, cap: float) -> list[tuple[int, float, _Steps]]:
+    """Layer l's swap sequences by beam search, from the state's current plan (restored
+    on return): at every depth, the BEAM_WIDTH distinct plans of lowest excess potential
+    that BEAM_BRANCH improving swaps of the plans before reach, no swap raising the
+    makespan. Returns, per depth, the path to the plan of lowest makespan as an option
+    (moves, gain, steps); its steps are replayed on the state, so their values are exact."""
+    row, base, tau = st.phy[l].copy(), st.layer_value(l), st.level(l)
+    beams: list[tuple[float, float, np.ndarray, list]] = [(base, 0.0, row, [])]  # (value, potential, row, path)
+    out: list[tuple[int, float, _Steps]] = []
+    for depth in range(1, int(min(BEAM_DEPTH, cap // 2)) + 1):
+        cand = []
+        for val, phi, r, path in beams:
+            st.phy[l] = r
+            st.refresh(l)
+            df, dphi, si, sj = st.swaps(l, tau)
+            if not df.size:
+                continue
+            ok = (df <= tol) & (dphi < -tol * tol)
+            key = np.where(ok, dphi, np.inf).ravel()
+            for k in np.argsort(key, kind="stable")[:BEAM_BRANCH]:
+                if not np.isfinite(key[k]):
+                    break
+                i, j = divmod(int(k), len(sj))
+                i, j = int(si[i]), int(sj[j])
+                r2 = r.copy()
+                r2[i], r2[j] = r[j], r[i]
+                cand.append((val + float(df.flat[k]), phi + float(key[k]), r2,
+                             path + [[(i, int(r[j])), (j, int(r[i]))]]))
+        seen: set[bytes] = set()
+        beams = []
+        for c in sorted(cand, key=lambda c: c[1]):
+            sig = np.sort(c[2].reshape(st.G, st.S), axis=1).tobytes()  # slot order within a GPU is moot
+            if sig not in seen:
+                seen.add(sig)
+                beams.append(c)
+                if len(beams) == BEAM_WIDTH:
+                    break
+        if not beams:
+            break
+        best = min(beams, key=lambda c: c[0])
+        st.phy[l] = row
+        st.refresh(l)
+        steps = [(st.apply(l, step), st.layer_value(l)) for step in best[3]]
+        out.append((2 * depth, base - steps[-1][1], steps))
+    st.phy[l] = row
+    st.refresh(l)
+    return out
+
+
+SEQUENCE_MODES = ("potential", "makespan")
+# A layer's sequences are generated up to this many times its fair share of the moves
+# (and at least LAYER_MIN_CAP moves): the budget split rarely gives one layer more.
+LAYER_SHARE_CAP, LAYER_MIN_CAP = 4, 16
+
+
+def _budgeted_layers(st: _State, tol: float, room: float,
+                     min_gain_us: float) -> list[tuple[int, _Steps, float]]:
+    """Split the move budget over the layers exactly: every layer offers the prefixes of
+    several of its own sequences (SEQUENCE_MODES), each a (moves, gain) option, and a
+    knapsack over the layers picks one prefix per layer that gains most in all within
+    `room` moves. A prefix must gain min_gain_us per move. Layers are listed by gain per
+    move, each prefix whole: every step lowers its layer's value, so the objective never
+    rises along the list."""
+    L = st.phy.shape[0]
+    B = int(min(room, L * st.phy.shape[1]))
+    cap = min(B, max(LAYER_MIN_CAP, LAYER_SHARE_CAP * B // max(L, 1)))
+    options: list[list[tuple[int, float, _Steps]]] = []  # per layer: (moves, gain, steps)
+    for l in range(L):
+        row, base = st.phy[l].copy(), st.layer_value(l)
+        best: dict[int, tuple[float, _Steps]] = {}
+        for mode in SEQUENCE_MODES:
+            steps = _layer_sequence(st, l, tol, cap, mode)
+            used = 0
+            for k, (ms, v) in enumerate(steps):
+                used += len(ms)
+                gain = base - v
+                if gain > tol and gain >= min_gain_us * used and gain > best.get(used, (0.0,))[0]:
+                    best[used] = (gain, steps[:k + 1])
+            st.phy[l] = row
+            st.refresh(l)
+        for used, gain, steps in _beam_options(st, l, tol, cap):
+            if gain > tol and gain >= min_gain_us * used and gain > best.get(used, (0.0,))[0] \
+                    and all(b[1] <= a[1] + tol for a, b in zip([([], base)] + steps, steps)):
+                best[used] = (gain, steps)
+        options.append([(m, g, s) for m, (g, s) in sorted(best.items())])
+    # knapsack: total[b] = the most gain within b moves over the layers so far
+    total = np.zeros(B + 1)
+    pick = np.full((L, B + 1), -1, dtype=np.int64)
+    for l, opts in enumerate(options):
+        new = total.copy()
+        for k, (m, g, _) in enumerate(opts):
+            if m > B:
+                break
+            cand = np.full(B + 1, -np.inf)
+            cand[m:] = total[:B + 1 - m] + g
+            better = cand > new * (1 + 1e-12) + tol
+            new = np.where(better, cand, new)
+            pick[l, better] = k
+        total = new
+    b = int(np.argmax(total))
+    chosen = []
+    for l in range(L - 1, -1, -1):
+        k = int(pick[l, b])
+        if k >= 0:
+            m, g, steps = options[l][k]
+            chosen.append((l, steps, g))
+            b -= m
+    chosen.sort(key=lambda c: -c[2] / sum(len(ms) for ms, _ in c[1]))
+    return chosen
+
+
 def repair_placement(placement: Placement, loads: ExpertLoads, cluster: Cluster, options: PlacementOptions,
                      max_moves: int | None = None, max_bytes: float | None = None,
                      down_gpus: Sequence[int] = (), *, min_gain_us: float = 0.0) -> Repair:
@@ -535,23 +727,18 @@ def repair_placement(placement: Placement, loads: ExpertLoads, cluster: Cluster,
     before = math.inf if need else objective_us(
         dataclasses.replace(placement, replica_weights=live_weights(placement, down)), cluster, tokens, w)
 
-    # 2. the chunk of some layer's sequence that lowers the objective most per move
+    # 2. candidate move sequences from the same start; the one with the lowest objective wins
     tol = 1e-9 * max(float(value.sum()) / L, 1e-12)
     short = L * placement.num_slots > SHORT_LOOKAHEAD_SLOTS
-    seqs = [_Sequence(st, l, tol, short) for l in range(L)]
-    chunks = [s.best_chunk(room) for s in seqs]
-    while room >= 1:
-        l = int(np.argmax([c[0] for c in chunks]))
-        rate, count, used = chunks[l]
-        if count == 0 or rate <= tol or rate < min_gain_us:
-            break
-        for ms, v in seqs[l].commit(count):
+    start = st.phy.copy()
+    candidates = [_greedy_chunks(st, tol, short, room, min_gain_us)]
+    if not short and math.isfinite(room):
+        _restore(st, start)
+        candidates.append(_budgeted_layers(st, tol, room, min_gain_us))
+    gains = [sum(g for _, _, g in c) for c in candidates]
+    for l, steps_l, _ in candidates[int(np.argmax(gains))]:
+        for ms, v in steps_l:
             record(l, ms, v)
-        room -= used
-        chunks[l] = seqs[l].best_chunk(room)
-        for k, c in enumerate(chunks):  # a chunk that no longer fits the budget is re-cut
-            if c[2] > room:
-                chunks[k] = seqs[k].best_chunk(room)
 
     # the layers' sequences ran ahead of what was committed: rebuild from the moves
     new = dataclasses.replace(apply_moves(placement, moves, down), replica_weights=live_weights(placement, down))
