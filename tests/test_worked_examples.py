@@ -139,6 +139,9 @@ def test_cut_off_run_counts_unserved_requests_as_waiting(monkeypatch):
     assert ttft.tolist() == [15.625, 23.4375]
     assert (res.tpot_s()[:2] * 1e3).tolist() == [15.625, 0.0]
     assert (res.e2e_s()[:2] * 1e3).tolist() == [46.875, 23.4375]
+    # R2 arrives at 1 s, after the run stopped: it waited for nothing yet (never a negative
+    # time), and as an unfinished request it still misses the SLO below.
+    assert res.ttft_s()[2] == 0.0 and res.e2e_s()[2] == 0.0 and res.tpot_s()[2] == 0.0
     # Unfinished requests never meet the SLO, however generous: 1 of 3.
     s = sim_engine.summarize(res, slo_ttft_ms=1e9, slo_tpot_ms=1e9)
     assert s["finished"] == 1 and s["slo_attainment"] == pytest.approx(1 / 3)

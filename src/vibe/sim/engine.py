@@ -93,8 +93,10 @@ class SimResult:
         return np.isfinite(self.finish_s)
 
     def ttft_s(self) -> np.ndarray:
-        """[N] time to first token; unserved requests count the time they waited (a lower bound)."""
-        return np.where(np.isfinite(self.first_token_s), self.first_token_s, self.end_s) - self.arrival_s
+        """[N] time to first token; unserved requests count the time they waited (a lower bound;
+        0 for one arriving after the run stopped, which waited for nothing yet)."""
+        return np.maximum(np.where(np.isfinite(self.first_token_s), self.first_token_s, self.end_s)
+                          - self.arrival_s, 0.0)
 
     def tpot_s(self) -> np.ndarray:
         """[N] time per output token after the first; unfinished ones count time so far."""
@@ -103,7 +105,7 @@ class SimResult:
         return np.where(self.output_len > 1, (last - first) / np.maximum(self.output_len - 1, 1), 0.0)
 
     def e2e_s(self) -> np.ndarray:
-        return np.where(self.finished, self.finish_s, self.end_s) - self.arrival_s
+        return np.maximum(np.where(self.finished, self.finish_s, self.end_s) - self.arrival_s, 0.0)
 
 
 def simulate(workload: Workload, cluster: Cluster, loads: ExpertLoads, placement: Placement, model: ModelSpec,
