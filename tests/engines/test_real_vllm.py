@@ -7,18 +7,9 @@ cost model."""
 
 from __future__ import annotations
 
-import importlib
-import os
-
 import numpy as np
 import pytest
-
-
-def engine_module(name):
-    """Under `make test-engines` a missing module is a failure; elsewhere a skip."""
-    if os.environ.get("VIBE_ENGINE_TESTS") == "1":
-        return importlib.import_module(name)
-    return pytest.importorskip(name)
+from _engine import engine_module
 
 
 torch = engine_module("torch")
