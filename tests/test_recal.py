@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from vibe.cost import evaluate, gpu_times, weighted_moe_time
 from vibe.errors import VibeError
-from vibe.model import ExpertLoads, Placement
+from vibe.model import Cluster, ExpertLoads, Placement
 from vibe.policies import PlacementOptions, place
 from vibe.recal import (apply_moves, count_moves, expert_bytes, full_resolve, move_steps, repair_placement,
                         worth_it)
@@ -233,3 +233,34 @@ def test_real_esft_domain_switch_recovers_80_percent_with_10_percent_of_the_move
     gain_full = objective(plan, law, cluster) - objective(full, law, cluster)
     assert n_full > 1000
     assert (rep.before_us - rep.after_us) / gain_full >= 0.8
+
+
+# ---- closed chains (cycles) ------------------------------------------------------------
+def test_a_three_gpu_cycle_fixes_what_no_swap_can_and_is_one_step():
+    """3 GPUs, one slot each, linear curves t_g(n) = f_g n with f = (2, 3, 1) us/token and
+    overheads (5, 5, 2) us; experts 0, 1, 2 get 3, 2, 1 tokens (top-1, 6 tokens a step).
+    Plan 0|1|2: GPU times 5+6=11, 5+6=11, 2+1=3 -> 11. Every swap: 0<->1: 5+4=9, 5+9=14
+    -> 14; 0<->2: 5+2=7, 11, 2+3=5 -> 11; 1<->2: 11, 5+3=8, 2+2=4 -> 11: none lowers it.
+    The cycle 1|2|0 (expert 0 to GPU 2, 2 to GPU 1, 1 to GPU 0): 5+4=9, 5+3=8, 2+3=5 -> 9."""
+    cluster = Cluster.init_by_curves([1.0, 100.0], [[2.0, 200.0], [3.0, 300.0], [1.0, 100.0]], [5.0, 5.0, 2.0])
+    loads = ExpertLoads(np.array([[3.0, 2.0, 1.0]]), top_k=1, layer_ids=(1,))
+    plan = Placement.init_by_mapping(np.array([[0, 1, 2]]), 3, 3, (1,), "hand")
+    opts = PlacementOptions(batch_tokens=(6.0,), weights=(1.0,))
+    assert repair_placement(plan, loads, cluster, opts, max_moves=2).after_us == pytest.approx(11.0)
+    rep = repair_placement(plan, loads, cluster, opts, max_moves=3)
+    assert rep.before_us == pytest.approx(11.0) and rep.after_us == pytest.approx(9.0)
+    assert rep.placement.physical_to_logical_map.tolist() == [[1, 2, 0]]
+    assert len(rep.moves) == 3 and [len(s) for s in move_steps(rep.moves)] == [3]
+    assert rep.step_us == pytest.approx((9.0,) * 3)
+
+
+def test_move_steps_groups_swaps_and_cycles_and_leaves_other_moves_alone():
+    from vibe.recal.repair import Move
+    swap = [Move(1, 0, 4, 7, 0), Move(1, 5, 7, 4, 0)]
+    cycle = [Move(1, 2, 0, 2, 0), Move(1, 9, 2, 1, 0), Move(1, 3, 1, 0, 0)]
+    single = [Move(1, 6, 3, 5, 0)]
+    other_layer = [Move(2, 0, 5, 3, 0)]  # undoes `single`'s experts, but in another layer
+    steps = move_steps(swap + cycle + single + other_layer)
+    assert [len(s) for s in steps] == [2, 3, 1, 1]
+    open_chain = [Move(1, 2, 0, 2, 0), Move(1, 9, 2, 1, 0)]  # never closes: two moves alone
+    assert [len(s) for s in move_steps(open_chain)] == [1, 1]

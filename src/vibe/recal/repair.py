@@ -418,6 +418,67 @@ class _State:
                     step = [(int(slots[i]), int(b[j]))]
         return step if step is not None else self.next_step(l, tau, tol)
 
+    def cycles(self, l: int, tau: np.ndarray, length: int) -> tuple[np.ndarray, list[list[tuple[int, int]]]]:
+        """Closed chains of `length` moves (3 or more) in layer l that lower its weighted
+        makespan: the expert of a slot i on one of the CYCLE_START_GPUS heaviest GPUs moves
+        into slot j's GPU, j's expert into slot k's GPU, ..., and the last expert into
+        slot i. Every expert keeps its replica count, so a chain applied as one step keeps
+        the plan valid; it reaches what swaps cannot when the heat must cascade over
+        several GPUs. Open chains are pruned to the CHAIN_KEEP whose touched GPUs stay
+        lowest. Returns (change of the weighted makespan [N] ascending, steps [N])."""
+        T, C0, has, w = self.T[:, l], self.C0[:, l], self.has[l], self.w  # [K, G], [K, E, G], [E, G], [K]
+        a, g = self.phy[l], self.gpu
+        live = np.flatnonzero(self.live)
+        rel = np.where(self.gpu_live, w @ (T / np.maximum(tau[:, None], 1e-12)), -np.inf)
+        top = np.argsort(-rel, kind="stable")[:CYCLE_START_GPUS]
+        chain = np.flatnonzero(self.live & np.isin(g, top))[:, None]  # [N, t] slots so far
+        new_t = np.zeros((T.shape[0], chain.shape[0], 0))  # [K, N, t-1] times of GPUs g_2..g_t
+        for _ in range(length - 1):
+            if chain.shape[0] > CHAIN_KEEP:
+                keep = np.argpartition(w @ new_t.max(axis=2), CHAIN_KEEP)[:CHAIN_KEEP]
+                chain, new_t = chain[keep], new_t[:, keep]
+            n = chain.shape[0]
+            rows, nxt = np.repeat(np.arange(n), live.size), np.tile(live, n)
+            prev, gn = a[chain[rows, -1]], g[nxt]
+            ok = ~(g[chain[rows]] == gn[:, None]).any(axis=1) & ~(a[chain[rows]] == a[nxt][:, None]).any(axis=1)
+            ok &= has[prev, gn] == 0
+            rows, nxt, prev, gn = rows[ok], nxt[ok], prev[ok], gn[ok]
+            t_next = T[:, gn] - C0[:, a[nxt], gn] + C0[:, prev, gn]  # [K, N']
+            chain = np.concatenate([chain[rows], nxt[:, None]], axis=1)
+            new_t = np.concatenate([new_t[:, rows], t_next[:, :, None]], axis=2)
+        first, last = chain[:, 0], chain[:, -1]
+        gi = g[first]
+        ok = has[a[last], gi] == 0
+        t_first = T[:, gi] - C0[:, a[first], gi] + C0[:, a[last], gi]  # [K, N]
+        peak = np.maximum(np.maximum(t_first, new_t.max(axis=2)), _rest_max_outside(T, g[chain]))
+        df = np.where(ok, w @ (peak - T.max(axis=1)[:, None]), np.inf)
+        order = np.argsort(df, kind="stable")[:CHAIN_KEEP]
+        order = order[np.isfinite(df[order])]
+        # moves listed so that each one's new expert is the next one's old: (i gets the
+        # last expert), (last gets the one before), ..., (j gets i's expert)
+        steps = [[(int(c[0]), int(a[c[-1]]))] + [(int(c[h]), int(a[c[h - 1]])) for h in range(len(c) - 1, 0, -1)]
+                 for c in chain[order]]
+        return df[order], steps
+
+    def next_chain_step(self, l: int, tau: np.ndarray, tol: float) -> list[tuple[int, int]] | None:
+        """The step of layer l, swap, single move or closed chain of up to MAX_CHAIN moves,
+        that lowers its weighted makespan most per move; next_step's potential step when
+        none lowers it."""
+        step = self.next_makespan_step(l, tau, tol)
+        best = -tol
+        if step is not None:  # its gain per move, by trying it (one layer's refresh)
+            row = self.phy[l].copy()
+            before = self.layer_value(l)
+            self.apply(l, step)
+            best = min((self.layer_value(l) - before) / len(step), -tol)
+            self.phy[l] = row
+            self.refresh(l)
+        for length in range(3, MAX_CHAIN + 1):
+            df, steps = self.cycles(l, tau, length)
+            if steps and df[0] / length < best and df[0] < -tol:
+                best, step = df[0] / length, steps[0]
+        return step
+
     def forced_rehome(self, l: int) -> tuple[int, int]:
         """The cheapest move that gives an expert without a live slot one: (slot, expert)."""
         df, dphi, slots, b = self.singles(l, self.level(l), targets=self.cnt[l] == 0)
@@ -448,6 +509,20 @@ def _rest_max(T: np.ndarray) -> np.ndarray:
     return out
 
 
+def _rest_max_outside(T: np.ndarray, gpu_sets: np.ndarray) -> np.ndarray:
+    """T [K, G] GPU times, gpu_sets [N, c] distinct GPUs -> [K, N] the largest time
+    outside each set (-inf when the set holds every GPU)."""
+    c = gpu_sets.shape[1]
+    order = np.argsort(-T, axis=1)[:, :c + 1]  # [K, <=c+1]: one of these is outside the set
+    vals = np.take_along_axis(T, order, axis=1)
+    out = np.full((T.shape[0], gpu_sets.shape[0]), -np.inf)
+    for r in range(order.shape[1] - 1, -1, -1):  # the best rank not excluded wins
+        inside = (gpu_sets[None, :, :] == order[:, r][:, None, None]).any(axis=2)  # [K, N]
+        out = np.where(inside, out, vals[:, r][:, None])
+    return out
+
+
+CYCLE_START_GPUS, CHAIN_KEEP, MAX_CHAIN = 2, 1024, 4  # chains start on the 2 heaviest GPUs
 HEAVY_GPUS = 8  # GPUs furthest above the level that a step may unload (ESFT's 8 GPUs: all)
 LOOKAHEAD_STEPS = 4  # steps of each layer's own sequence scored ahead (plateaus hide gains)
 # Above this many slots in all layers, a layer looks ahead only to its first gain: a
@@ -550,7 +625,7 @@ def _layer_sequence(st: _State, l: int, tol: float, cap: float, mode: str) -> _S
     steps: _Steps = []
     used = 0
     while True:
-        step = st.next_step(l, tau, tol) if mode == "potential" else st.next_makespan_step(l, tau, tol)
+        step = {"potential": st.next_step, "makespan": st.next_makespan_step, "chains": st.next_chain_step}[mode](l, tau, tol)
         if step is None or used + len(step) > cap:
             break
         used += len(step)
@@ -610,7 +685,7 @@ def _beam_options(st: _State, l: int, tol: float, cap: float) -> list[tuple[int,
     return out
 
 
-SEQUENCE_MODES = ("potential", "makespan")
+SEQUENCE_MODES = ("potential", "makespan", "chains")
 # A layer's sequences are generated up to this many times its fair share of the moves
 # (and at least LAYER_MIN_CAP moves): the budget split rarely gives one layer more.
 LAYER_SHARE_CAP, LAYER_MIN_CAP = 4, 16
@@ -767,18 +842,20 @@ def apply_moves(placement: Placement, moves: Sequence[Move], down_gpus: Sequence
 
 
 def move_steps(moves: Sequence[Move]) -> list[tuple[Move, ...]]:
-    """Group the move list into the steps an engine applies: a swap (two consecutive
-    moves of one layer that exchange two experts) is one step, any other move alone."""
+    """Group the move list into the steps an engine applies: a closed chain (consecutive
+    moves of one layer, each one's new expert the next one's old, the last one's new
+    expert the first one's old: a swap, or a cycle of up to MAX_CHAIN moves) is one step;
+    any other move stands alone."""
     out: list[tuple[Move, ...]] = []
     k = 0
     while k < len(moves):
-        m = moves[k]
-        if k + 1 < len(moves):
-            n = moves[k + 1]
-            if n.layer == m.layer and n.old_expert == m.new_expert and n.new_expert == m.old_expert:
-                out.append((m, n))
-                k += 2
-                continue
-        out.append((m,))
-        k += 1
+        end = k + 1
+        for n in range(k + 1, min(k + MAX_CHAIN, len(moves))):
+            if moves[n].layer != moves[k].layer or moves[n].old_expert != moves[n - 1].new_expert:
+                break
+            if moves[n].new_expert == moves[k].old_expert:
+                end = n + 1
+                break
+        out.append(tuple(moves[k:end]))
+        k = end
     return out
