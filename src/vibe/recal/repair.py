@@ -418,47 +418,77 @@ class _State:
                     step = [(int(slots[i]), int(b[j]))]
         return step if step is not None else self.next_step(l, tau, tol)
 
-    def cycles(self, l: int, tau: np.ndarray, length: int) -> tuple[np.ndarray, list[list[tuple[int, int]]]]:
-        """Closed chains of `length` moves (3 or more) in layer l that lower its weighted
-        makespan: the expert of a slot i on one of the CYCLE_START_GPUS heaviest GPUs moves
-        into slot j's GPU, j's expert into slot k's GPU, ..., and the last expert into
-        slot i. Every expert keeps its replica count, so a chain applied as one step keeps
-        the plan valid; it reaches what swaps cannot when the heat must cascade over
-        several GPUs. Open chains are pruned to the CHAIN_KEEP whose touched GPUs stay
-        lowest. Returns (change of the weighted makespan [N] ascending, steps [N])."""
-        T, C0, has, w = self.T[:, l], self.C0[:, l], self.has[l], self.w  # [K, G], [K, E, G], [E, G], [K]
-        a, g = self.phy[l], self.gpu
-        live = np.flatnonzero(self.live)
+    def _arrivals(self, l: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+        """[K, A, B] time of the GPU of slot dst[b] once its expert leaves and the expert of
+        slot src[a] arrives."""
+        T, C0, a, g = self.T[:, l], self.C0[:, l], self.phy[l], self.gpu
+        gd = g[dst]
+        return (T[:, gd] - C0[:, a[dst], gd])[:, None, :] + C0[:, a[src][:, None], gd[None, :]]
+
+    def _may_take(self, l: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+        """[A, B] whether slot dst[b]'s GPU may take slot src[a]'s expert: another GPU,
+        holding no replica of it (a plan keeps at most one replica per GPU)."""
+        g, a = self.gpu, self.phy[l]
+        return (g[src][:, None] != g[dst][None, :]) & (self.has[l][a[src][:, None], g[dst][None, :]] == 0)
+
+    def cycles(self, l: int, tau: np.ndarray) -> list[tuple[float, list[tuple[int, int]]]]:
+        """The best closed chain of 3 and of 4 moves in layer l, as [(change of the weighted
+        makespan, step)]: the expert of a slot i on one of the CYCLE_START_GPUS heaviest
+        GPUs moves into slot j's GPU, j's expert into slot k's GPU, (k's into slot m's,)
+        and the last one into slot i. Every expert keeps its replica count, so a chain
+        applied as one step keeps the plan valid; it reaches what swaps cannot when the
+        heat must cascade over several GPUs. 3-chains are scored exhaustively; 4-chains
+        extend the CHAIN_KEEP open 3-chains whose two receiving GPUs stay lowest."""
+        T, w, g = self.T[:, l], self.w, self.gpu
+        M = T.max(axis=1)  # [K]
         rel = np.where(self.gpu_live, w @ (T / np.maximum(tau[:, None], 1e-12)), -np.inf)
         top = np.argsort(-rel, kind="stable")[:CYCLE_START_GPUS]
-        chain = np.flatnonzero(self.live & np.isin(g, top))[:, None]  # [N, t] slots so far
-        new_t = np.zeros((T.shape[0], chain.shape[0], 0))  # [K, N, t-1] times of GPUs g_2..g_t
-        for _ in range(length - 1):
-            if chain.shape[0] > CHAIN_KEEP:
-                keep = np.argpartition(w @ new_t.max(axis=2), CHAIN_KEEP)[:CHAIN_KEEP]
-                chain, new_t = chain[keep], new_t[:, keep]
-            n = chain.shape[0]
-            rows, nxt = np.repeat(np.arange(n), live.size), np.tile(live, n)
-            prev, gn = a[chain[rows, -1]], g[nxt]
-            ok = ~(g[chain[rows]] == gn[:, None]).any(axis=1) & ~(a[chain[rows]] == a[nxt][:, None]).any(axis=1)
-            ok &= has[prev, gn] == 0
-            rows, nxt, prev, gn = rows[ok], nxt[ok], prev[ok], gn[ok]
-            t_next = T[:, gn] - C0[:, a[nxt], gn] + C0[:, prev, gn]  # [K, N']
-            chain = np.concatenate([chain[rows], nxt[:, None]], axis=1)
-            new_t = np.concatenate([new_t[:, rows], t_next[:, :, None]], axis=2)
-        first, last = chain[:, 0], chain[:, -1]
-        gi = g[first]
-        ok = has[a[last], gi] == 0
-        t_first = T[:, gi] - C0[:, a[first], gi] + C0[:, a[last], gi]  # [K, N]
-        peak = np.maximum(np.maximum(t_first, new_t.max(axis=2)), _rest_max_outside(T, g[chain]))
-        df = np.where(ok, w @ (peak - T.max(axis=1)[:, None]), np.inf)
-        order = np.argsort(df, kind="stable")[:CHAIN_KEEP]
-        order = order[np.isfinite(df[order])]
-        # moves listed so that each one's new expert is the next one's old: (i gets the
-        # last expert), (last gets the one before), ..., (j gets i's expert)
-        steps = [[(int(c[0]), int(a[c[-1]]))] + [(int(c[h]), int(a[c[h - 1]])) for h in range(len(c) - 1, 0, -1)]
-                 for c in chain[order]]
-        return df[order], steps
+        si, sj = np.flatnonzero(self.live & np.isin(g, top)), np.flatnonzero(self.live)
+        if si.size == 0 or sj.size < 3:
+            return []
+        new_j = self._arrivals(l, si, sj)  # [K, I, J] j's GPU takes i's expert
+        new_k = self._arrivals(l, sj, sj)  # [K, J, J] k's GPU takes j's expert
+        new_i = self._arrivals(l, sj, si).transpose(0, 2, 1)  # [K, I, J] i's GPU takes the last one's
+        ok_ij, ok_jk = self._may_take(l, si, sj), self._may_take(l, sj, sj)  # [I, J], [J, J]
+        ok_ki = self._may_take(l, sj, si).T  # [I, J]
+        out = []
+        # 3-chains i -> j -> k -> i
+        gi, gj = g[si], g[sj]
+        ok = ok_ij[:, :, None] & ok_jk[None] & ok_ki[:, None, :] & (gi[:, None, None] != gj[None, None, :])
+        peak = np.maximum(np.maximum(new_j[:, :, :, None], new_k[:, None]), new_i[:, :, None, :])
+        peak = np.maximum(peak, _rest_max_outside(T, (gi[:, None, None], gj[None, :, None], gj[None, None, :])))
+        df = np.where(ok, np.tensordot(w, peak - M[:, None, None, None], axes=1), np.inf)  # [I, J, J]
+        b = int(np.argmin(df))
+        if np.isfinite(df.flat[b]):
+            i, j, k = np.unravel_index(b, df.shape)
+            out.append((float(df.flat[b]), self._chain_step(l, [si[i], sj[j], sj[k]])))
+        # 4-chains i -> j -> k -> m -> i from the open 3-chains that stay lowest
+        open_ok = ok_ij[:, :, None] & ok_jk[None] & (gi[:, None, None] != gj[None, None, :])
+        score = np.where(open_ok, np.tensordot(w, np.maximum(new_j[:, :, :, None], new_k[:, None]), axes=1), np.inf)
+        n = min(CHAIN_KEEP, score.size)
+        pick = np.argpartition(score.ravel(), n - 1)[:n]
+        pick = pick[np.isfinite(score.flat[pick])]
+        if pick.size:
+            i, j, k = np.unravel_index(pick, score.shape)  # [N] each
+            new_m = self._arrivals(l, sj, sj)[:, k]  # [K, N, J] m's GPU takes k's expert
+            new_i4 = new_i[:, i]  # [K, N, J] i's GPU takes m's expert
+            gm = gj[None, :]
+            ok = ok_jk[k] & ok_ki[i] & (gm != gi[i][:, None]) & (gm != gj[j][:, None])  # [N, J]
+            peak = np.maximum(np.maximum(new_m, new_i4), np.maximum(new_j[:, i, j], new_k[:, j, k])[:, :, None])
+            peak = np.maximum(peak, _rest_max_outside(T, (gi[i][:, None], gj[j][:, None], gj[k][:, None], gm)))
+            df = np.where(ok, np.tensordot(w, peak - M[:, None, None], axes=1), np.inf)  # [N, J]
+            b = int(np.argmin(df))
+            if np.isfinite(df.flat[b]):
+                n_, m = divmod(b, df.shape[1])
+                out.append((float(df.flat[b]), self._chain_step(l, [si[i[n_]], sj[j[n_]], sj[k[n_]], sj[m]])))
+        return out
+
+    def _chain_step(self, l: int, chain: Sequence[int]) -> list[tuple[int, int]]:
+        """Slots [i, j, ..., z] of a closed chain -> its moves, listed so that each one's new
+        expert is the next one's old: (i gets z's expert), (z gets y's), ..., (j gets i's)."""
+        a = self.phy[l]
+        c = [int(x) for x in chain]
+        return [(c[0], int(a[c[-1]]))] + [(c[h], int(a[c[h - 1]])) for h in range(len(c) - 1, 0, -1)]
 
     def next_chain_step(self, l: int, tau: np.ndarray, tol: float) -> list[tuple[int, int]] | None:
         """The step of layer l, swap, single move or closed chain of up to MAX_CHAIN moves,
@@ -473,10 +503,9 @@ class _State:
             best = min((self.layer_value(l) - before) / len(step), -tol)
             self.phy[l] = row
             self.refresh(l)
-        for length in range(3, MAX_CHAIN + 1):
-            df, steps = self.cycles(l, tau, length)
-            if steps and df[0] / length < best and df[0] < -tol:
-                best, step = df[0] / length, steps[0]
+        for df, chain in self.cycles(l, tau):
+            if df / len(chain) < best and df < -tol:
+                best, step = df / len(chain), chain
         return step
 
     def forced_rehome(self, l: int) -> tuple[int, int]:
@@ -509,20 +538,25 @@ def _rest_max(T: np.ndarray) -> np.ndarray:
     return out
 
 
-def _rest_max_outside(T: np.ndarray, gpu_sets: np.ndarray) -> np.ndarray:
-    """T [K, G] GPU times, gpu_sets [N, c] distinct GPUs -> [K, N] the largest time
-    outside each set (-inf when the set holds every GPU)."""
-    c = gpu_sets.shape[1]
-    order = np.argsort(-T, axis=1)[:, :c + 1]  # [K, <=c+1]: one of these is outside the set
+def _rest_max_outside(T: np.ndarray, gpu_sets: Sequence[np.ndarray]) -> np.ndarray:
+    """T [K, G] GPU times; gpu_sets: c integer arrays that broadcast together to shape
+    [...], the GPUs of each candidate (distinct) -> [K, ...] the largest time outside
+    each candidate's GPUs (-inf when they are every GPU)."""
+    order = np.argsort(-T, axis=1)[:, :len(gpu_sets) + 1]  # [K, <=c+1]: one is outside the set
     vals = np.take_along_axis(T, order, axis=1)
-    out = np.full((T.shape[0], gpu_sets.shape[0]), -np.inf)
+    shape = np.broadcast_shapes(*(np.shape(x) for x in gpu_sets))
+    out = np.full((T.shape[0],) + shape, -np.inf)
+    pad = (slice(None),) + (None,) * len(shape)
     for r in range(order.shape[1] - 1, -1, -1):  # the best rank not excluded wins
-        inside = (gpu_sets[None, :, :] == order[:, r][:, None, None]).any(axis=2)  # [K, N]
-        out = np.where(inside, out, vals[:, r][:, None])
+        o = order[:, r][pad]
+        inside = np.zeros((T.shape[0],) + shape, dtype=bool)
+        for x in gpu_sets:
+            inside |= np.asarray(x)[None] == o
+        out = np.where(inside, out, vals[:, r][pad])
     return out
 
 
-CYCLE_START_GPUS, CHAIN_KEEP, MAX_CHAIN = 2, 1024, 4  # chains start on the 2 heaviest GPUs
+CYCLE_START_GPUS, CHAIN_KEEP, MAX_CHAIN = 2, 512, 4  # chains start on the 2 heaviest GPUs
 HEAVY_GPUS = 8  # GPUs furthest above the level that a step may unload (ESFT's 8 GPUs: all)
 LOOKAHEAD_STEPS = 4  # steps of each layer's own sequence scored ahead (plateaus hide gains)
 # Above this many slots in all layers, a layer looks ahead only to its first gain: a
