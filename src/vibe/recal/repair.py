@@ -1,18 +1,22 @@
 """Incremental re-placement: repair a stale plan with few expert moves.
 
 A *move* gives one physical slot a different logical expert (one expert's weights
-travel to that slot's GPU); a *swap* of two slots is two moves, listed one after the
-other, that an engine applies together. Starting from the current plan, the greedy
-takes, again and again, the move or swap that lowers the predicted objective most per
-move, until the move or byte budget is spent or no move helps. With a finite budget on
-a plan of up to SHORT_LOOKAHEAD_SLOTS slots, a second candidate splits the budget over
-the layers exactly (a knapsack over prefixes of each layer's own sequences: the greedy
-potential sequence, a makespan-first sequence and a beam search over swaps), and the
-candidate with the lower objective is returned. The objective is the one
-of `vibe place` (vibe.cost): sum over operating points (or re-sampled steps with
+travel to that slot's GPU); a *swap* of two slots is two moves, and a *chain* of 3 or 4
+slots on as many GPUs (each slot's expert moves on to the next slot's GPU, the last
+one back to the first slot) is 3 or 4 moves, listed one after the other, that an
+engine applies together (`move_steps` groups them). Starting from the current plan,
+the greedy takes, again and again, the move or swap that lowers the predicted
+objective most per move, until the move or byte budget is spent or no move helps. With
+a finite budget on a plan of up to SHORT_LOOKAHEAD_SLOTS slots, a second candidate
+splits the budget over the layers exactly (a knapsack over prefixes of each layer's own
+sequences: the greedy potential sequence, a makespan-first sequence, one that also
+takes chains, and a beam search over swaps), and the candidate with the lower objective
+is returned. Chains matter on plans without spare slots, where a hot expert must leave
+its GPU and the load it displaces must cascade over several GPUs. The objective is the
+one of `vibe place` (vibe.cost): sum over operating points (or re-sampled steps with
 --robust/--traces) of weight x sum over layers of the slowest GPU's time.
 
-Validity along the list: after every single move and after every swap pair, every
+Validity along the list: after every single move and after every swap or chain, every
 expert keeps at least one slot on a live GPU, so an engine can apply the list step by
 step while serving. A lost GPU (`down_gpus`, `"state": "down"` in the cluster file, or
 the plan's own `"down_gpus"`) keeps its slots but they get `replica_weights` 0; the
