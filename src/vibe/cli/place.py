@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from vibe.cli._common import (add_operating_points, check_outputs, check_slots, console, err_console, fmt_us,
+from vibe.cli._common import (add_comm_arg, load_cluster, add_operating_points, check_outputs, check_slots, console, err_console, fmt_us,
                               nonneg_int, operating_points, positive_float, positive_int, seed_int)
 from vibe.cost import evaluate, normalize_weights, weighted_moe_time
 from vibe.errors import InputError, VibeError
@@ -24,6 +24,7 @@ ENGINE_FORMATS = ("vibe", "sglang", "trtllm")
 def register(cli) -> None:
     p = cli.command("place", "choose which GPU holds which expert, per MoE layer", cmd_place)
     p.add_argument("--cluster", required=True, help="vibe.cluster/v1 file")
+    add_comm_arg(p)
     p.add_argument("--loads", required=True, help="vibe.loads/v1 file")
     p.add_argument("--policy", default="vibe", help=f"one of: {', '.join(available_policies())} (default: vibe)")
     p.add_argument("--redundant", type=nonneg_int, default=0, metavar="R", help="extra replica slots per layer")
@@ -53,6 +54,7 @@ def register(cli) -> None:
 
     e = cli.command("evaluate", "predict what a placement costs (cost model + lower bounds)", cmd_evaluate)
     e.add_argument("--cluster", required=True)
+    add_comm_arg(e)
     e.add_argument("--loads", required=True)
     e.add_argument("--placement", required=True)
     add_operating_points(e)
@@ -108,7 +110,7 @@ def cmd_place(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_outputs([out, *(engine_paths(out)[f] for f in args.format if f != "vibe")],
                   [args.cluster, args.loads, args.traces])
-    cluster = Cluster.load(args.cluster)
+    cluster = load_cluster(args.cluster, args.comm)
     loads = ExpertLoads.load(args.loads)
     check_slots(loads.num_experts, args.redundant, cluster.num_gpus, loads.num_layers)
     options = options_from_args(args, cluster.num_gpus)
@@ -185,7 +187,7 @@ def _check_finite(points, source: str) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    cluster = Cluster.load(args.cluster)
+    cluster = load_cluster(args.cluster, args.comm)
     loads = ExpertLoads.load(args.loads)
     placement = Placement.load(args.placement)
     placement.check_fits(cluster, args.placement)
