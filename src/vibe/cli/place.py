@@ -153,7 +153,7 @@ def cmd_place(args: argparse.Namespace) -> int:
     written = [str(path) for path, _ in outputs]
     summary = ", ".join(f"B={p.batch_tokens:g}: {fmt_us(p.moe_time_us)}" for p in points)
     console.print(f"[bold]{args.policy}[/]: {loads.num_layers} layers x {placement.num_slots} slots on "
-                  f"{cluster.num_gpus} GPUs; predicted MoE time per step {summary}")
+                  f"{cluster.num_gpus} GPUs; predicted {_what(cluster)} per step {summary}")
     if placement.replica_weights is not None:
         even = dataclasses.replace(placement, replica_weights=None)
         points_even = evaluate(even, loads, cluster, options.batch_tokens, options.weights, with_lower_bound=False)
@@ -176,6 +176,11 @@ def cmd_place(args: argparse.Namespace) -> int:
     for note in notes:
         console.print(note, soft_wrap=True, markup=False)
     return 0
+
+
+def _what(cluster: Cluster) -> str:
+    """What the predicted time holds: the all-to-all too when the network block is on."""
+    return "MoE time" if cluster.network is None else "MoE + all-to-all time"
 
 
 def _check_finite(points, source: str) -> None:
@@ -211,7 +216,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     table = Table(title=f"{placement.policy or 'placement'} on {cluster.name} ({cluster.num_gpus} GPUs, "
                         f"{placement.num_slots} slots/layer)")
-    for col in ("batch tokens", "MoE time / step", "lower bound", "ratio to LB", "imbalance", "idle at barrier"):
+    lb = "lower bound" if cluster.network is None else "lower bound (no all-to-all)"  # vibe.bounds ignores C
+    for col in ("batch tokens", f"{_what(cluster)} / step", lb, "ratio to LB", "imbalance", "idle at barrier"):
         table.add_column(col, justify="right")
     for p in points:
         table.add_row(f"{p.batch_tokens:g}", fmt_us(p.moe_time_us),
