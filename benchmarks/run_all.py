@@ -2,7 +2,8 @@
 
 Timings on a shared 2-core machine are noisy: compare ratios measured in one run.
 bench_sim.py takes about 10 minutes; pass --skip sim to leave it out.
-bench_recal_sim.py (online policies under drift in the simulator) takes 1.5-3 minutes.
+bench_recal_sim.py (online policies under drift in the simulator) takes 1.5-3 minutes;
+bench_comm.py (the comm-aware objective, placement grid only) about 3 minutes.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["foundation", "solver", "scale", "workload", "profile", "engines", "recal", "recal_sim", "sim"]
+BENCHES = ["foundation", "solver", "scale", "comm", "workload", "profile", "engines", "recal", "recal_sim", "sim"]
 
 
 def main() -> int:

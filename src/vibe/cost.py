@@ -10,6 +10,17 @@ slot p of e gets its share s_p of them, and
 t_g is GPU g's latency curve: linear between points, linear past the last two, flat
 below the first, zero for a slot with no token. The model is additive per expert
 because grouped-GEMM kernels tile each expert's tokens separately.
+
+Communication (on when the cluster file has a `network` block, or with `--comm`): GPU
+g receives r_g = sum of its slots' tokens in the dispatch and sends as many back in the
+combine, each token hidden x (dispatch_bytes + combine_bytes) bytes. Attention is
+data-parallel, so a token comes from any rank alike: 1/G of r_g is local, (n_g - 1)/G
+crosses NVLink (n_g = GPUs in g's node) and (G - n_g)/G the inter-node network:
+
+    C[l, g] = 2 * latency_us + r_g * hidden * bytes * ((n_g-1)/G / intra + (G-n_g)/G / inter)
+
+and the per-GPU time the plan balances is T[l, g] + C[l, g] (dispatch, compute and
+combine run back to back on each GPU; the combine barrier waits for the slowest).
 """
 
 from __future__ import annotations
@@ -61,6 +72,61 @@ def expert_cost_matrix(cluster: Cluster, expert_tokens: np.ndarray) -> np.ndarra
     return expert_time_us(cluster, np.arange(cluster.num_gpus), n)
 
 
+# ---- communication: dispatch + combine all-to-all ------------------------------------
+@dataclass(frozen=True)
+class CommModel:
+    """Per-GPU all-to-all time as a linear function of the tokens a GPU receives."""
+
+    us_per_token: np.ndarray  # [G] receive + send-back time of one routed token (us)
+    latency_us: np.ndarray  # [G] fixed cost per layer (two all-to-alls); 0 on one GPU
+
+    @classmethod
+    def from_links(cls, nodes: np.ndarray, intra_bytes_s: float, inter_bytes_s: float, latency_us: float,
+                   bytes_per_token: float) -> "CommModel":
+        """nodes [G] node of each rank; bandwidths per GPU per direction (B/s); a token
+        is `bytes_per_token` bytes there and back (hidden x (dispatch + combine) bytes)."""
+        nodes = np.asarray(nodes, dtype=np.int64)
+        G = nodes.size
+        n = np.bincount(nodes)[nodes].astype(np.float64)  # [G] GPUs in each rank's node
+        # Uniform sources (data-parallel attention): own share local, node peers over
+        # NVLink, the rest over the network; the two transfers counted one after the
+        # other (DeepEP forwards tokens that arrive over RDMA through NVLink).
+        per_token = 1e6 * bytes_per_token * ((n - 1) / G / intra_bytes_s + (G - n) / G / inter_bytes_s)
+        lat = np.full(G, 2.0 * latency_us if G > 1 else 0.0)
+        return cls(us_per_token=per_token, latency_us=lat)
+
+    def times(self, recv_tokens: np.ndarray) -> np.ndarray:
+        """[..., G] tokens each GPU receives -> [..., G] its all-to-all time C (us)."""
+        return self.latency_us + np.asarray(recv_tokens, dtype=np.float64) * self.us_per_token
+
+
+def comm_model(cluster: Cluster, hidden: float | None = None) -> CommModel | None:
+    """The cluster's CommModel, or None when its file has no `network` block (no comm
+    term). `hidden` fills in the hidden size only where the file gives none."""
+    net = cluster.network_params()
+    if net is None:
+        return None
+    if hidden is not None and "hidden" not in cluster.network and "hidden" not in cluster.expert:
+        net["hidden"] = float(hidden)
+    return CommModel.from_links(cluster.nodes, 1e9 * net["intra_node_GBps"], 1e9 * net["inter_node_GBps"],
+                                net["latency_us"], net["hidden"] * (net["dispatch_bytes"] + net["combine_bytes"]))
+
+
+def gpu_recv_tokens(tokens: np.ndarray, num_gpus: int) -> np.ndarray:
+    """[..., P] tokens per slot -> [..., G] tokens each GPU receives (slot p on GPU p // S)."""
+    tokens = np.asarray(tokens, dtype=np.float64)
+    return tokens.reshape(tokens.shape[:-1] + (num_gpus, tokens.shape[-1] // num_gpus)).sum(axis=-1)
+
+
+def comm_times_from_slot_tokens(cluster: Cluster, tokens: np.ndarray, hidden: float | None = None) -> np.ndarray:
+    """[..., P] tokens per slot -> [..., G] all-to-all time C of each GPU (us); zeros
+    when the cluster has no network block. The one comm formula: the policies'
+    objective, evaluate and the simulator's all-to-all all come here."""
+    cm = comm_model(cluster, hidden)
+    recv = gpu_recv_tokens(tokens, cluster.num_gpus)
+    return np.zeros_like(recv) if cm is None else cm.times(recv)
+
+
 # ---- predicted times of a placement --------------------------------------------------
 def slot_tokens(placement: Placement, loads: ExpertLoads, batch_tokens: float) -> np.ndarray:
     """[L, P] tokens each physical slot receives at operating point `batch_tokens`."""
@@ -75,20 +141,24 @@ def slot_tokens_from_expert_tokens(placement: Placement, expert_tokens: np.ndarr
     return np.take_along_axis(n_e, np.broadcast_to(phy, n_e.shape[:-2] + phy.shape), axis=-1) * placement.slot_share()
 
 
-def gpu_times_from_slot_tokens(cluster: Cluster, tokens: np.ndarray) -> np.ndarray:
-    """[..., P] tokens per slot (P = G * S, slot p on GPU p // S) -> [..., G] T[g] in us."""
+def gpu_times_from_slot_tokens(cluster: Cluster, tokens: np.ndarray, comm: bool = False) -> np.ndarray:
+    """[..., P] tokens per slot (P = G * S, slot p on GPU p // S) -> [..., G] T[g] in us:
+    expert compute only, or with comm=True plus the all-to-all time C[g] (when the
+    cluster has a network block): the per-GPU time that plans balance."""
     tokens = np.asarray(tokens, dtype=np.float64)
     G = cluster.num_gpus
     per_gpu = tokens.reshape(tokens.shape[:-1] + (G, tokens.shape[-1] // G))
     gpu = np.arange(G)[:, None]
-    return cluster.overhead_us + expert_time_us(cluster, gpu, per_gpu).sum(axis=-1)
+    T = cluster.overhead_us + expert_time_us(cluster, gpu, per_gpu).sum(axis=-1)
+    return T + comm_times_from_slot_tokens(cluster, tokens) if comm and cluster.network is not None else T
 
 
 def gpu_times(placement: Placement, loads: ExpertLoads, cluster: Cluster, batch_tokens: float) -> np.ndarray:
-    """[L, G] predicted MoE time of every GPU in every layer (us)."""
+    """[L, G] predicted time of every GPU in every layer (us): MoE compute, plus its
+    all-to-all when the cluster has a network block."""
     placement.check_fits(cluster)
     placement.check_matches(loads)
-    return gpu_times_from_slot_tokens(cluster, slot_tokens(placement, loads, batch_tokens))
+    return gpu_times_from_slot_tokens(cluster, slot_tokens(placement, loads, batch_tokens), comm=True)
 
 
 # ---- evaluation ----------------------------------------------------------------------

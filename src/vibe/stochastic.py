@@ -65,8 +65,9 @@ def step_gpu_times(placement: Placement, cluster: Cluster, tokens: np.ndarray) -
     """[K, L, G] time of every GPU in every layer of every step.
 
     tokens: [K, L, E] tokens per expert of each step, split over replicas as the
-    placement says (evenly, or by its replica_weights)."""
-    return gpu_times_from_slot_tokens(cluster, slot_tokens_from_expert_tokens(placement, tokens))
+    placement says (evenly, or by its replica_weights). Includes each GPU's all-to-all
+    when the cluster has a network block (vibe.cost.gpu_times_from_slot_tokens)."""
+    return gpu_times_from_slot_tokens(cluster, slot_tokens_from_expert_tokens(placement, tokens), comm=True)
 
 
 def step_layer_times(placement: Placement, cluster: Cluster, tokens: np.ndarray) -> np.ndarray:

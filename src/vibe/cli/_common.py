@@ -179,3 +179,24 @@ def operating_points(args: argparse.Namespace, num_gpus: int) -> tuple[float, ..
 
 def fmt_us(us: float) -> str:
     return f"{us / 1000:,.3f} ms" if us >= 10_000 else f"{us:,.1f} us"
+
+
+# ---- the communication term ----------------------------------------------------------
+COMM_HELP = ("all-to-all in the per-GPU time: 'file' (default) when the cluster file has a "
+             "network block, 'on' with the documented defaults for missing fields, 'off' never")
+
+
+def add_comm_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--comm", choices=("file", "on", "off"), default="file", help=COMM_HELP)
+
+
+def load_cluster(path: str, comm: str = "file"):
+    """The cluster file at `path`, with its network block as `--comm` says."""
+    from vibe.model import Cluster
+
+    cluster = Cluster.load(path)
+    if comm == "on":
+        return cluster.with_network()
+    if comm == "off":
+        return cluster.with_gpus(cluster.gpus, network=None)
+    return cluster

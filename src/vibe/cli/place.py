@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from vibe.cli._common import (add_operating_points, check_outputs, check_slots, console, err_console, fmt_us,
+from vibe.cli._common import (add_comm_arg, load_cluster, add_operating_points, check_outputs, check_slots, console, err_console, fmt_us,
                               nonneg_int, operating_points, positive_float, positive_int, seed_int)
 from vibe.cost import evaluate, normalize_weights, weighted_moe_time
 from vibe.errors import InputError, VibeError
@@ -24,6 +24,7 @@ ENGINE_FORMATS = ("vibe", "sglang", "trtllm")
 def register(cli) -> None:
     p = cli.command("place", "choose which GPU holds which expert, per MoE layer", cmd_place)
     p.add_argument("--cluster", required=True, help="vibe.cluster/v1 file")
+    add_comm_arg(p)
     p.add_argument("--loads", required=True, help="vibe.loads/v1 file")
     p.add_argument("--policy", default="vibe", help=f"one of: {', '.join(available_policies())} (default: vibe)")
     p.add_argument("--redundant", type=nonneg_int, default=0, metavar="R", help="extra replica slots per layer")
@@ -53,6 +54,7 @@ def register(cli) -> None:
 
     e = cli.command("evaluate", "predict what a placement costs (cost model + lower bounds)", cmd_evaluate)
     e.add_argument("--cluster", required=True)
+    add_comm_arg(e)
     e.add_argument("--loads", required=True)
     e.add_argument("--placement", required=True)
     add_operating_points(e)
@@ -108,7 +110,7 @@ def cmd_place(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_outputs([out, *(engine_paths(out)[f] for f in args.format if f != "vibe")],
                   [args.cluster, args.loads, args.traces])
-    cluster = Cluster.load(args.cluster)
+    cluster = load_cluster(args.cluster, args.comm)
     loads = ExpertLoads.load(args.loads)
     check_slots(loads.num_experts, args.redundant, cluster.num_gpus, loads.num_layers)
     options = options_from_args(args, cluster.num_gpus)
@@ -151,7 +153,7 @@ def cmd_place(args: argparse.Namespace) -> int:
     written = [str(path) for path, _ in outputs]
     summary = ", ".join(f"B={p.batch_tokens:g}: {fmt_us(p.moe_time_us)}" for p in points)
     console.print(f"[bold]{args.policy}[/]: {loads.num_layers} layers x {placement.num_slots} slots on "
-                  f"{cluster.num_gpus} GPUs; predicted MoE time per step {summary}")
+                  f"{cluster.num_gpus} GPUs; predicted {_what(cluster)} per step {summary}")
     if placement.replica_weights is not None:
         even = dataclasses.replace(placement, replica_weights=None)
         points_even = evaluate(even, loads, cluster, options.batch_tokens, options.weights, with_lower_bound=False)
@@ -176,6 +178,11 @@ def cmd_place(args: argparse.Namespace) -> int:
     return 0
 
 
+def _what(cluster: Cluster) -> str:
+    """What the predicted time holds: the all-to-all too when the network block is on."""
+    return "MoE time" if cluster.network is None else "MoE + all-to-all time"
+
+
 def _check_finite(points, source: str) -> None:
     """Refuse predictions that overflowed (curves or batch sizes too large to add up)."""
     for p in points:
@@ -185,7 +192,7 @@ def _check_finite(points, source: str) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    cluster = Cluster.load(args.cluster)
+    cluster = load_cluster(args.cluster, args.comm)
     loads = ExpertLoads.load(args.loads)
     placement = Placement.load(args.placement)
     placement.check_fits(cluster, args.placement)
@@ -209,7 +216,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     table = Table(title=f"{placement.policy or 'placement'} on {cluster.name} ({cluster.num_gpus} GPUs, "
                         f"{placement.num_slots} slots/layer)")
-    for col in ("batch tokens", "MoE time / step", "lower bound", "ratio to LB", "imbalance", "idle at barrier"):
+    lb = "lower bound" if cluster.network is None else "lower bound (no all-to-all)"  # vibe.bounds ignores C
+    for col in ("batch tokens", f"{_what(cluster)} / step", lb, "ratio to LB", "imbalance", "idle at barrier"):
         table.add_column(col, justify="right")
     for p in points:
         table.add_row(f"{p.batch_tokens:g}", fmt_us(p.moe_time_us),

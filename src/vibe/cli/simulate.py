@@ -11,7 +11,7 @@ import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from vibe.cli._common import (check_slots, console, err_console, finite_float, nonneg_float, nonneg_int,
+from vibe.cli._common import (add_comm_arg, load_cluster, check_slots, console, err_console, finite_float, nonneg_float, nonneg_int,
                              positive_float, positive_int, seed_int)
 from vibe.errors import InputError, VibeError
 from vibe.io import check_output_dir
@@ -61,6 +61,7 @@ def register(cli) -> None:
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cluster", required=True, help="vibe.cluster/v1 file")
+    add_comm_arg(p)
     p.add_argument("--loads", required=True, help="vibe.loads/v1 file (the routing profile)")
     p.add_argument("--model", default=None,
                    help="deepseek-v3, deepseek-v2-lite, qwen3-235b-a22b, mixtral-8x7b or a vibe.model/v1 .json "
@@ -146,7 +147,7 @@ def _check_requests(qps: float, duration_s: float, max_requests: int | None, inp
 
 
 def _inputs(args: argparse.Namespace) -> tuple[Cluster, ExpertLoads]:
-    return Cluster.load(args.cluster), ExpertLoads.load(args.loads)
+    return load_cluster(args.cluster, args.comm), ExpertLoads.load(args.loads)
 
 
 def _check_trace(spec, placement: Placement) -> None:

@@ -21,6 +21,18 @@ CLUSTER_SCHEMA = "vibe.cluster/v1"
 # sums over experts, layers and steps would overflow to inf.
 MAX_LATENCY_US = 8.64e10
 MAX_CURVE_TOKENS = 1e12
+# The optional `network` block: the links of the dispatch / combine all-to-all. Absent
+# block: no communication term (old files keep their numbers). Present block: its
+# missing keys take these defaults (sources in docs/cost-model.md):
+#   intra_node_GBps 450: NVLink 4 on H100 SXM, 900 GB/s bidirectional = 450 per direction;
+#   inter_node_GBps 50:  one ConnectX-7 400 Gb/s NIC per GPU = 50 GB/s per direction;
+#   latency_us 15:       fixed cost of one all-to-all (launch + sync), two per MoE layer;
+#   dispatch_bytes 1:    fp8 tokens sent to the experts (DeepSeek-V3 / DeepEP dispatch);
+#   combine_bytes 2:     bf16 expert outputs sent back;
+#   hidden:              the `expert` block's hidden size, else DEFAULT_HIDDEN.
+NETWORK_DEFAULTS = {"intra_node_GBps": 450.0, "inter_node_GBps": 50.0, "latency_us": 15.0,
+                    "dispatch_bytes": 1.0, "combine_bytes": 2.0}
+DEFAULT_HIDDEN = 7168  # DeepSeek-V3's hidden size (config.json of deepseek-ai/DeepSeek-V3)
 
 
 @dataclass(frozen=True)
@@ -58,9 +70,12 @@ class Cluster:
     name: str = "cluster"
     expert: dict = field(default_factory=dict)  # {"hidden", "intermediate", "dtype"}
     extra: dict = field(default_factory=dict)
+    network: dict | None = None  # the all-to-all's links as in the file; None: no comm term
 
     def __post_init__(self) -> None:
         _validate_gpus(self.gpus, "cluster")
+        if self.network is not None:
+            _validate_network(self.network, self.expert, "cluster")
 
     # ---- derived views ---------------------------------------------------------------
     @property
@@ -103,6 +118,22 @@ class Cluster:
     def with_gpus(self, gpus: Sequence[GpuProfile], **changes: Any) -> "Cluster":
         return dataclasses.replace(self, gpus=tuple(gpus), **changes)
 
+    def with_network(self, network: dict | None = None) -> "Cluster":
+        """This cluster with the comm term on: `network` keys over NETWORK_DEFAULTS
+        (None or {}: all defaults). Keys already in the file win over the defaults."""
+        merged = dict(self.network or {})
+        merged.update(network or {})
+        return dataclasses.replace(self, network=merged)
+
+    def network_params(self) -> dict | None:
+        """The resolved network block (every key, defaults filled), or None when off."""
+        if self.network is None:
+            return None
+        params = dict(NETWORK_DEFAULTS)
+        params["hidden"] = float(self.expert.get("hidden", DEFAULT_HIDDEN))
+        params.update({k: float(v) for k, v in self.network.items() if k in _NETWORK_KEYS})
+        return params
+
     # ---- constructors ----------------------------------------------------------------
     @classmethod
     def init_by_curves(
@@ -143,9 +174,13 @@ class Cluster:
         expert = obj.get("expert") or {}
         if not isinstance(expert, dict):
             raise InputError(source, "'expert' must be an object")
-        extra = {k: v for k, v in obj.items() if k not in ("schema", "name", "expert", "gpus")}
+        network = obj.get("network")
+        if network is not None and not isinstance(network, dict):
+            raise InputError(source, "'network' must be an object")
+        extra = {k: v for k, v in obj.items() if k not in ("schema", "name", "expert", "gpus", "network")}
         try:
-            return cls(gpus=tuple(gpus), name=str(obj.get("name", "cluster")), expert=expert, extra=extra)
+            return cls(gpus=tuple(gpus), name=str(obj.get("name", "cluster")), expert=expert, extra=extra,
+                       network=network)
         except InputError as exc:
             raise InputError(source, exc.problem) from None
 
@@ -157,6 +192,8 @@ class Cluster:
         d = dict(self.extra)
         d.update(schema=CLUSTER_SCHEMA, name=self.name, expert=self.expert,
                  gpus=[g.to_dict() for g in self.gpus])
+        if self.network is not None:
+            d["network"] = self.network
         return d
 
     def save(self, path: str | os.PathLike) -> None:
@@ -216,6 +253,23 @@ def _validate_gpus(gpus: Sequence[GpuProfile], source: object) -> None:
             raise InputError(source, f"{where}: overhead_us must be finite and >= 0")
         if g.node < 0:
             raise InputError(source, f"{where}: node must be >= 0")
+
+
+_NETWORK_KEYS = (*NETWORK_DEFAULTS, "hidden")
+
+
+def _validate_network(network: dict, expert: dict, source: object) -> None:
+    """Every known key of the network block (and expert.hidden, which it uses) must be a
+    finite number, > 0 (latency_us >= 0): a zero bandwidth would make every time inf."""
+    values = {k: network[k] for k in _NETWORK_KEYS if k in network}
+    if "hidden" not in values and "hidden" in expert:
+        values["expert.hidden"] = expert["hidden"]
+    for key, v in values.items():
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+        if not ok or v < 0 or (v == 0 and key != "latency_us"):
+            bound = ">= 0" if key == "latency_us" else "> 0"
+            raise InputError(source, f"network.{key} must be a finite number {bound}, got {v!r}"
+                             if key != "expert.hidden" else f"expert.hidden must be a finite number > 0, got {v!r}")
 
 
 def _interp_extrap(x: np.ndarray, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:

@@ -8,7 +8,10 @@ re-sampled for --robust) of the row's makespan:
     f = sum_k w_k max_g T[k, g],   T[k, g] = overhead[g] + sum of t_g(tokens of each slot on g)
 
 All times come from `vibe.cost.expert_time_us` (the one cost model); this module only
-decides replica counts and which GPU holds which replica.
+decides replica counts and which GPU holds which replica. When the cluster has a
+network block, each GPU's all-to-all time (`vibe.cost.comm_model`: a fixed latency plus
+a rate per received token) is folded in: the rate into every replica's cost on that
+GPU, the latency into its overhead, so the search balances compute + communication.
 
 Shapes: K scenarios, X rows, E experts per row, G GPUs per row, S slots per GPU,
 N = G * S items (replicas) per row.
@@ -20,7 +23,7 @@ import dataclasses
 
 import numpy as np
 
-from vibe.cost import DEFAULT_BATCH_TOKENS, expert_time_us, normalize_weights
+from vibe.cost import DEFAULT_BATCH_TOKENS, comm_model, expert_time_us, normalize_weights
 from vibe.errors import VibeError
 from vibe.model import Cluster, ExpertLoads, Placement
 
@@ -29,13 +32,25 @@ DEFAULT_RESTARTS = 0  # seeded restarts of the local search (extras["restarts"])
 
 # ---- costs ---------------------------------------------------------------------------
 def replica_costs(cluster: Cluster, gpu_ids: np.ndarray, tokens: np.ndarray, count: np.ndarray) -> np.ndarray:
-    """Time of one replica of each expert on each GPU of its row, tokens split evenly.
+    """Time of one replica of each expert on each GPU of its row, tokens split evenly:
+    its compute, plus receiving and sending back its tokens when the cluster has a
+    network block (the comm time is linear in tokens, so it splits per replica).
 
     gpu_ids: [X, G] global ranks of each row's GPUs; tokens: [K, X, E]; count: [X, E]
     replicas per expert -> [K, X, E, G] us.
     """
-    per_replica = tokens / count[None]
-    return expert_time_us(cluster, gpu_ids[None, :, None, :], per_replica[..., None])
+    per_replica = (tokens / count[None])[..., None]
+    t = expert_time_us(cluster, gpu_ids[None, :, None, :], per_replica)
+    cm = comm_model(cluster)
+    return t if cm is None else t + per_replica * cm.us_per_token[gpu_ids][None, :, None, :]
+
+
+def row_overhead(cluster: Cluster, gpu_ids: np.ndarray) -> np.ndarray:
+    """[X, G] fixed per-layer time of each row's GPUs: MoE overhead, plus the
+    all-to-alls' latency when the cluster has a network block."""
+    cm = comm_model(cluster)
+    over = cluster.overhead_us if cm is None else cluster.overhead_us + cm.latency_us
+    return over[gpu_ids]
 
 
 def reference_cluster(cluster: Cluster) -> Cluster:
@@ -60,10 +75,16 @@ def allocate_replicas(cluster: Cluster, tokens: np.ndarray, weights: np.ndarray,
     """
     K, X, E = tokens.shape
     ref = reference_cluster(cluster)
+    cm = comm_model(cluster)
+    rate = 0.0 if cm is None else float(cm.us_per_token.mean())  # comm per token, average GPU
+
+    def replica_time(n):  # [K, X, E] tokens of one replica -> its time on the average GPU
+        return expert_time_us(ref, 0, n) + rate * n
+
     count = np.ones((X, E), dtype=np.int64)
     cap = max(num_gpus, -(-slots // E))
-    cur = expert_time_us(ref, 0, tokens)  # [K, X, E] time of one replica now
-    nxt = expert_time_us(ref, 0, tokens / 2)  # ... with one more replica
+    cur = replica_time(tokens)  # [K, X, E] time of one replica now
+    nxt = replica_time(tokens / 2)  # ... with one more replica
     rows = np.arange(X)
     w = weights[:, None, None]
     for _ in range(slots - E):
@@ -80,7 +101,7 @@ def allocate_replicas(cluster: Cluster, tokens: np.ndarray, weights: np.ndarray,
         e = np.argmin(np.where(tie, (w * added).sum(axis=0), np.inf), axis=1)
         count[rows, e] += 1
         cur[:, rows, e] = nxt[:, rows, e]
-        nxt[:, rows, e] = expert_time_us(ref, 0, tokens[:, rows, e] / (count[rows, e] + 1))
+        nxt[:, rows, e] = replica_time(tokens[:, rows, e] / (count[rows, e] + 1))
     return count
 
 
@@ -577,7 +598,7 @@ def solve_placement(loads: ExpertLoads, cluster: Cluster, options, policy: str,
     row_layer, row_gpus, row_experts = layer_rows(loads, cluster, options, tokens, w)
     Gr = row_gpus.shape[1]
     row_tokens = tokens[:, row_layer[:, None], row_experts]  # [K, X, E']
-    overhead = cluster.overhead_us[row_gpus]
+    overhead = row_overhead(cluster, row_gpus)
     count = allocate_replicas(cluster, row_tokens, w, Gr, Gr * S)
     items = items_of(count)
     costs = replica_costs(cluster, row_gpus, row_tokens, count)

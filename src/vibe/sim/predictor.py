@@ -7,11 +7,16 @@
   attention data-parallel over the G GPUs of the EP group (DeepSeek's layout): each GPU
   sees T/G of the step's tokens and C/G of their attended context, and runs a roofline
   `overhead + max(flops / F, bytes / BW)`; the slowest GPU (static speed x drift) sets it.
-* all_to_all[l]: dispatch (fp8) + combine (bf16) of the routed tokens; the GPU that
-  receives the most tokens sets it: `2 * latency + max_g recv[l, g] * hidden * 3 B / bw`.
 * moe[l, g]: the cost model, `vibe.cost.gpu_times_from_slot_tokens`, on the tokens each
   slot receives in this step (routed counts spread over replicas by `slot_share()`),
   times each GPU's time-varying factor. Each layer waits for its slowest GPU.
+* all_to_all[l]: dispatch (fp8) + combine (bf16) of the routed tokens, each GPU's time
+  C[l, g] from `vibe.cost.CommModel` (fixed latency + its received tokens x bytes over
+  NVLink / network). With the cluster's `network` block (the comm-aware cost model,
+  the same function the policies balance) each GPU receives, computes and sends back
+  in turn, so the layer ends at max_g (moe[l, g] + C[l, g]) and all_to_all[l] is what
+  that adds to max_g moe[l, g]. Without it (old cluster files) the previous estimate:
+  `max_g C[l, g]` on GpuSpec's links, added to max_g moe (an upper bound of the first).
 
 Routing per step is drawn by a router: re-sampled whole sequences of a RoutingTrace, or
 draws from the loads profile, or the expected (noise-free) counts.
@@ -24,7 +29,7 @@ from typing import Callable
 
 import numpy as np
 
-from vibe.cost import expert_time_us, gpu_times_from_slot_tokens
+from vibe.cost import CommModel, comm_model, expert_time_us, gpu_recv_tokens, gpu_times_from_slot_tokens
 from vibe.errors import VibeError
 from vibe.model import Cluster, ExpertLoads, Placement, RoutingTrace
 from vibe.model.traces import check_trace_matches
@@ -156,10 +161,20 @@ class Predictor:
         n = np.arange(self.table_tokens + 1, dtype=np.float64)
         object.__setattr__(self, "_table", expert_time_us(self.cluster, np.arange(G)[:, None], n).ravel())
         object.__setattr__(self, "_table_offset", p.gpu_of_slot * (self.table_tokens + 1))  # [P]
-        # Remote share of a GPU's received tokens, by link: same node, other nodes.
-        local = min(G, self.gpu.gpus_per_node)
-        object.__setattr__(self, "_us_per_recv_token", 1e6 * self.model.hidden * self.gpu.a2a_bytes_per_token * (
-            (local - 1) / G / self.gpu.nvlink_bytes_s + (G - local) / G / self.gpu.net_bytes_s))
+        object.__setattr__(self, "_comm", self.comm())
+        object.__setattr__(self, "_comm_joint", self.cluster.network is not None)
+
+    def comm(self) -> CommModel:
+        """The all-to-all model: the cluster's network block (hidden size from the model
+        where the file gives none), else GpuSpec's links with ranks grouped
+        gpus_per_node to a node (the simulator's estimate before the network block)."""
+        cm = comm_model(self.cluster, hidden=self.model.hidden)
+        if cm is not None:
+            return cm
+        g = self.gpu
+        nodes = np.arange(self.cluster.num_gpus) // g.gpus_per_node
+        return CommModel.from_links(nodes, g.nvlink_bytes_s, g.net_bytes_s, g.a2a_latency_us,
+                                    self.model.hidden * g.a2a_bytes_per_token)
 
     def dense_us(self, tokens: float, context: float, scale: float = 1.0) -> float:
         """Non-expert time of all layers for `tokens` tokens attending `context` context
@@ -202,12 +217,16 @@ class Predictor:
         T = self.moe_gpu_times(slot)  # [L, G]
         if factors is not None:
             T = T * factors
-        G = self.cluster.num_gpus
         layer = T.max(axis=1)
-        recv = slot.reshape(slot.shape[0], G, -1).sum(axis=2).max(axis=1)  # [L]
-        a2a = float((2 * self.gpu.a2a_latency_us + recv * self._us_per_recv_token).sum()) if G > 1 else 0.0
         moe = float(layer.sum())
+        C = self._comm.times(gpu_recv_tokens(slot, self.cluster.num_gpus))  # [L, G]
         dense = self.dense_us(tokens, context, dense_scale)
+        if self._comm_joint:  # each GPU: receive, compute, send back; the slowest sets the layer
+            TC = T + C
+            a2a = float(TC.max(axis=1).sum()) - moe
+            idle = 1.0 - float(TC.mean(axis=1).sum()) / (moe + a2a) if moe + a2a > 0 else 0.0
+            return StepTime(moe + a2a + dense, moe, a2a, dense, idle, TC.argmax(axis=1), T.sum(axis=0))
+        a2a = float(C.max(axis=1).sum())
         idle = 1.0 - float(T.mean(axis=1).sum()) / moe if moe > 0 else 0.0
         return StepTime(moe + a2a + dense, moe, a2a, dense, idle, T.argmax(axis=1), T.sum(axis=0))
 
