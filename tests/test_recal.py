@@ -264,3 +264,18 @@ def test_move_steps_groups_swaps_and_cycles_and_leaves_other_moves_alone():
     assert [len(s) for s in steps] == [2, 3, 1, 1]
     open_chain = [Move(1, 2, 0, 2, 0), Move(1, 9, 2, 1, 0)]  # never closes: two moves alone
     assert [len(s) for s in move_steps(open_chain)] == [1, 1]
+
+
+def test_with_a_network_block_the_repair_balances_compute_plus_all_to_all():
+    """The repair's own step values include each GPU's all-to-all (vibe.cost.comm_model),
+    so they agree with vibe.cost.evaluate, which adds it when the cluster has a network
+    block; and the repair lowers that objective."""
+    cluster, old, new, plan = small_case(R=4)
+    net = cluster.with_network({"intra_node_GBps": 40.0, "inter_node_GBps": 5.0})
+    opts = dataclasses.replace(OPTS, redundant=4)
+    rep = repair_placement(plan, new, net, opts, max_moves=12)
+    assert rep.before_us == pytest.approx(objective(plan, new, net), rel=1e-12)
+    assert rep.before_us > objective(plan, new, cluster) * 1.01  # the comm term is there
+    assert rep.after_us == pytest.approx(objective(rep.placement, new, net), rel=1e-12)
+    assert rep.step_us[-1] == pytest.approx(rep.after_us, rel=1e-9)
+    assert rep.after_us < rep.before_us

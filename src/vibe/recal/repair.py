@@ -42,7 +42,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vibe.cost import expert_time_us
+from vibe.cost import comm_model, expert_time_us
 from vibe.errors import InputError, VibeError
 from vibe.model import Cluster, ExpertLoads, Placement
 from vibe.policies.base import PlacementOptions
@@ -274,6 +274,11 @@ class _State:
         self.gpu = placement.gpu_of_slot  # [P]
         self.live = ~np.isin(self.gpu, np.asarray(down, dtype=np.int64))  # [P]
         self.gpu_live = ~np.isin(np.arange(self.G), np.asarray(down, dtype=np.int64))  # [G]
+        # with a network block each GPU also pays its all-to-all: linear in the tokens it
+        # receives, so it splits per replica, and a fixed latency (vibe.cost.comm_model)
+        cm = comm_model(cluster)
+        self.comm_rate = np.zeros(self.G) if cm is None else cm.us_per_token  # [G] us per token
+        self.fixed_us = cluster.overhead_us + (0.0 if cm is None else cm.latency_us)  # [G] or scalar
         K, L, E = tokens.shape
         G = self.G
         self.cnt = np.zeros((L, E), dtype=np.int64)
@@ -297,14 +302,14 @@ class _State:
 
         def per_slot(count: np.ndarray) -> np.ndarray:  # [K, E, G] time of one replica
             share = np.divide(n, count, out=np.zeros_like(n), where=count > 0)
-            return expert_time_us(self.cluster, gpus, share[..., None])
+            return expert_time_us(self.cluster, gpus, share[..., None]) + share[..., None] * self.comm_rate
 
         self.C0[:, l] = per_slot(c)
         self.Cm[:, l] = per_slot(np.where(c >= 2, c - 1, 0))
         self.Cp[:, l] = per_slot(c + 1)
         T = np.zeros((n.shape[0], G))
         np.add.at(T, (slice(None), g), self.C0[:, l, e, g])
-        self.T[:, l] = T + self.cluster.overhead_us
+        self.T[:, l] = T + self.fixed_us
 
     def layer_value(self, l: int) -> float:
         return float(self.w @ self.T[:, l].max(axis=1))
