@@ -447,7 +447,7 @@ class _State:
         and the last one into slot i. Every expert keeps its replica count, so a chain
         applied as one step keeps the plan valid; it reaches what swaps cannot when the
         heat must cascade over several GPUs. 3-chains are scored exhaustively; 4-chains
-        extend the CHAIN_KEEP open 3-chains whose two receiving GPUs stay lowest."""
+        extend the CHAIN_KEEP open 3-chains of lowest floor (a bound on their peak)."""
         T, w, g = self.T[:, l], self.w, self.gpu
         M = T.max(axis=1)  # [K]
         rel = np.where(self.gpu_live, w @ (T / np.maximum(tau[:, None], 1e-12)), -np.inf)
@@ -471,9 +471,33 @@ class _State:
         if np.isfinite(df.flat[b]):
             i, j, k = np.unravel_index(b, df.shape)
             out.append((float(df.flat[b]), self._chain_step(l, [si[i], sj[j], sj[k]])))
-        # 4-chains i -> j -> k -> m -> i from the open 3-chains that stay lowest
+        # 4-chains i -> j -> k -> m -> i, exhaustively from the heaviest GPU's slots when
+        # the largest time outside four GPUs fits a table, else from the CHAIN_KEEP open
+        # 3-chains of lowest floor (a bound on their peak)
+        if self.G <= CHAIN_TABLE_GPUS:
+            g0 = top[0]  # every start slot is on this GPU: what does not depend on i is shared
+            shared = np.maximum(np.maximum(new_k[:, :, :, None], new_k[:, None]),
+                                _rest_max_table(T, 4)[:, g0][:, gj[:, None, None], gj[None, :, None], gj[None, None, :]])
+            shared_ok = ok_jk[:, :, None] & ok_jk[None] & (gj[:, None, None] != gj[None, None, :]) \
+                & (gj[None, :, None] != g0)  # [J, J, J]
+            best4 = (np.inf, None)
+            for ii in np.flatnonzero(gi == g0):
+                ok = shared_ok & ok_ij[ii][:, None, None] & ok_ki[ii][None, None, :]
+                peak = np.maximum(shared, np.maximum(new_j[:, ii][:, :, None, None], new_i[:, ii][:, None, None, :]))
+                df = np.where(ok, np.tensordot(w, peak, axes=1) - w @ M, np.inf)  # [J, J, J]
+                b = int(np.argmin(df))
+                if df.flat[b] < best4[0]:
+                    best4 = (float(df.flat[b]), (si[ii],) + tuple(sj[x] for x in np.unravel_index(b, df.shape)))
+            if np.isfinite(best4[0]):
+                out.append((best4[0], self._chain_step(l, list(best4[1]))))
+            return out
+        # (above CHAIN_TABLE_GPUS GPUs)
+        # 4-chains i -> j -> k -> m -> i from the open 3-chains of lowest floor: i's GPU
+        # without i's expert and the two GPUs that took one; the chain's peak is above it
         open_ok = ok_ij[:, :, None] & ok_jk[None] & (gi[:, None, None] != gj[None, None, :])
-        score = np.where(open_ok, np.tensordot(w, np.maximum(new_j[:, :, :, None], new_k[:, None]), axes=1), np.inf)
+        floor = np.maximum(np.maximum(new_j[:, :, :, None], new_k[:, None]),
+                           (T[:, gi] - self.C0[:, l, self.phy[l, si], gi])[:, :, None, None])
+        score = np.where(open_ok, np.tensordot(w, floor, axes=1), np.inf)
         n = min(CHAIN_KEEP, score.size)
         pick = np.argpartition(score.ravel(), n - 1)[:n]
         pick = pick[np.isfinite(score.flat[pick])]
@@ -547,6 +571,16 @@ def _rest_max(T: np.ndarray) -> np.ndarray:
     return out
 
 
+def _rest_max_table(T: np.ndarray, c: int) -> np.ndarray:
+    """T [K, G] GPU times -> [K, G, ..., G] (c GPU axes): the largest time outside GPUs
+    (g1, ..., gc) (-inf when they cover every GPU)."""
+    K, G = T.shape
+    idx = np.indices((G,) * c)  # [c, G, ..., G]
+    h = np.arange(G).reshape((G,) + (1,) * c)
+    outside = ~(idx[None] == h[:, None]).any(axis=1)  # [G(h), G, ..., G]
+    return np.where(outside[None], T.reshape((K, G) + (1,) * c), -np.inf).max(axis=1)
+
+
 def _rest_max_outside(T: np.ndarray, gpu_sets: Sequence[np.ndarray]) -> np.ndarray:
     """T [K, G] GPU times; gpu_sets: c integer arrays that broadcast together to shape
     [...], the GPUs of each candidate (distinct) -> [K, ...] the largest time outside
@@ -566,6 +600,7 @@ def _rest_max_outside(T: np.ndarray, gpu_sets: Sequence[np.ndarray]) -> np.ndarr
 
 
 CYCLE_START_GPUS, CHAIN_KEEP, MAX_CHAIN = 2, 512, 4  # chains start on the 2 heaviest GPUs
+CHAIN_TABLE_GPUS = 12  # up to here 4-chains are searched exhaustively (a G**4 table)
 HEAVY_GPUS = 8  # GPUs furthest above the level that a step may unload (ESFT's 8 GPUs: all)
 LOOKAHEAD_STEPS = 4  # steps of each layer's own sequence scored ahead (plateaus hide gains)
 # Above this many slots in all layers, a layer looks ahead only to its first gain: a
@@ -734,6 +769,35 @@ SEQUENCE_MODES = ("potential", "makespan", "chains")
 LAYER_SHARE_CAP, LAYER_MIN_CAP = 4, 16
 
 
+def _layer_options(st: _State, l: int, tol: float, cap: float, min_gain_us: float) -> list[tuple[int, float, _Steps]]:
+    """Layer l's repairs of up to `cap` moves, best per move count: [(moves, gain, steps)]
+    ascending in moves, from the prefixes of its own sequences (every SEQUENCE_MODES
+    mode, chain-first ones, the beam over swaps); the state is left on its plan. A
+    prefix must gain min_gain_us per move."""
+    row, base = st.phy[l].copy(), st.layer_value(l)
+    best: dict[int, tuple[float, _Steps]] = {}
+    # the sequences of every mode, and chain-first ones: the best 3- and 4-chain by
+    # their whole gain (a chain can gain most in few moves yet less per move than a swap)
+    starts = [(mode, []) for mode in SEQUENCE_MODES]
+    starts += [("chains", [chain]) for df, chain in st.cycles(l, st.level(l)) if df < -tol and len(chain) <= cap]
+    for mode, first in starts:
+        steps = [(st.apply(l, step), st.layer_value(l)) for step in first]
+        steps += _layer_sequence(st, l, tol, cap - sum(len(ms) for ms, _ in steps), mode)
+        used = 0
+        for k, (ms, v) in enumerate(steps):
+            used += len(ms)
+            gain = base - v
+            if gain > tol and gain >= min_gain_us * used and gain > best.get(used, (0.0,))[0]:
+                best[used] = (gain, steps[:k + 1])
+        st.phy[l] = row
+        st.refresh(l)
+    for used, gain, steps in _beam_options(st, l, tol, cap):
+        if gain > tol and gain >= min_gain_us * used and gain > best.get(used, (0.0,))[0] \
+                and all(b[1] <= a[1] + tol for a, b in zip([([], base)] + steps, steps)):
+            best[used] = (gain, steps)
+    return [(m, g, s) for m, (g, s) in sorted(best.items())]
+
+
 def _budgeted_layers(st: _State, tol: float, room: float,
                      min_gain_us: float) -> list[tuple[int, _Steps, float]]:
     """Split the move budget over the layers exactly: every layer offers the prefixes of
@@ -745,25 +809,7 @@ def _budgeted_layers(st: _State, tol: float, room: float,
     L = st.phy.shape[0]
     B = int(min(room, L * st.phy.shape[1]))
     cap = min(B, max(LAYER_MIN_CAP, LAYER_SHARE_CAP * B // max(L, 1)))
-    options: list[list[tuple[int, float, _Steps]]] = []  # per layer: (moves, gain, steps)
-    for l in range(L):
-        row, base = st.phy[l].copy(), st.layer_value(l)
-        best: dict[int, tuple[float, _Steps]] = {}
-        for mode in SEQUENCE_MODES:
-            steps = _layer_sequence(st, l, tol, cap, mode)
-            used = 0
-            for k, (ms, v) in enumerate(steps):
-                used += len(ms)
-                gain = base - v
-                if gain > tol and gain >= min_gain_us * used and gain > best.get(used, (0.0,))[0]:
-                    best[used] = (gain, steps[:k + 1])
-            st.phy[l] = row
-            st.refresh(l)
-        for used, gain, steps in _beam_options(st, l, tol, cap):
-            if gain > tol and gain >= min_gain_us * used and gain > best.get(used, (0.0,))[0] \
-                    and all(b[1] <= a[1] + tol for a, b in zip([([], base)] + steps, steps)):
-                best[used] = (gain, steps)
-        options.append([(m, g, s) for m, (g, s) in sorted(best.items())])
+    options = [_layer_options(st, l, tol, cap, min_gain_us) for l in range(L)]  # per layer: (moves, gain, steps)
     # knapsack: total[b] = the most gain within b moves over the layers so far
     total = np.zeros(B + 1)
     pick = np.full((L, B + 1), -1, dtype=np.int64)
