@@ -600,6 +600,7 @@ def _rest_max_outside(T: np.ndarray, gpu_sets: Sequence[np.ndarray]) -> np.ndarr
 
 
 CYCLE_START_GPUS, CHAIN_KEEP, MAX_CHAIN = 2, 512, 4  # chains start on the 2 heaviest GPUs
+CHAIN_PREFIX_MOVES = 12  # moves of a layer's chains sequence that may be chains
 CHAIN_TABLE_GPUS = 12  # up to here 4-chains are searched exhaustively (a G**4 table)
 HEAVY_GPUS = 8  # GPUs furthest above the level that a step may unload (ESFT's 8 GPUs: all)
 LOOKAHEAD_STEPS = 4  # steps of each layer's own sequence scored ahead (plateaus hide gains)
@@ -698,12 +699,17 @@ def _layer_sequence(st: _State, l: int, tol: float, cap: float, mode: str) -> _S
     """Layer l's own sequence of improving steps, up to `cap` moves, from the state's
     current plan (which it leaves changed). mode "potential": each step lowers the excess
     potential most per move (next_step); "makespan": the step that lowers the layer's
-    weighted makespan most per move, the potential step only on a plateau."""
+    weighted makespan most per move, the potential step only on a plateau; "chains": as
+    "makespan" with closed chains too, for the first CHAIN_PREFIX_MOVES moves (where the
+    budget split mostly cuts; chains cost ~50x a swap search)."""
     tau = st.level(l)
     steps: _Steps = []
     used = 0
     while True:
-        step = {"potential": st.next_step, "makespan": st.next_makespan_step, "chains": st.next_chain_step}[mode](l, tau, tol)
+        if mode == "chains" and used < CHAIN_PREFIX_MOVES:
+            step = st.next_chain_step(l, tau, tol)
+        else:
+            step = st.next_step(l, tau, tol) if mode == "potential" else st.next_makespan_step(l, tau, tol)
         if step is None or used + len(step) > cap:
             break
         used += len(step)
@@ -782,7 +788,7 @@ def _layer_options(st: _State, l: int, tol: float, cap: float, min_gain_us: floa
     starts += [("chains", [chain]) for df, chain in st.cycles(l, st.level(l)) if df < -tol and len(chain) <= cap]
     for mode, first in starts:
         steps = [(st.apply(l, step), st.layer_value(l)) for step in first]
-        steps += _layer_sequence(st, l, tol, cap - sum(len(ms) for ms, _ in steps), mode)
+        steps += _layer_sequence(st, l, tol, cap - sum(len(ms) for ms, _ in steps), mode if not first else "makespan")
         used = 0
         for k, (ms, v) in enumerate(steps):
             used += len(ms)
