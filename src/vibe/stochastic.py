@@ -65,7 +65,7 @@ def step_tokens(loads: ExpertLoads, batch_tokens: float, num_samples: int, seed:
 
 def sized_step_tokens(loads: ExpertLoads, step_sizes, num_samples: int, seed: int,
                       trace: RoutingTrace | None = None) -> np.ndarray:
-    """[K, L, E] K steps whose sizes are drawn (seeded, with replacement) from
+    """[K, L, E] K steps whose sizes are drawn (seeded, stratified) from
     `step_sizes` [M] (tokens of observed serving steps: decodes, prefill chunks, mixes),
     each then routed from the trace (whole sequences) or multinomially.
 
@@ -77,7 +77,11 @@ def sized_step_tokens(loads: ExpertLoads, step_sizes, num_samples: int, seed: in
     if sizes.size == 0 or not np.all(np.isfinite(sizes)) or sizes.min() < 1:
         raise VibeError("step sizes must be a non-empty list of token counts >= 1")
     rng = np.random.default_rng(seed)
-    picks = rng.choice(sizes, size=num_samples)
+    # stratified over the sizes' quantiles: every part of the size mix (tiny decode
+    # steps, where co-activation sets the pace, and big prefill chunks) gets its share
+    # of the K steps, instead of whatever a plain draw with replacement happens to give
+    q = (np.arange(num_samples) + rng.random(num_samples)) / num_samples
+    picks = np.quantile(sizes, q, method="inverted_cdf")
     # one child seed per step: the same seed gives the same steps whatever the sizes' order
     seeds = rng.integers(0, 2**63 - 1, size=num_samples)
     return np.concatenate([step_tokens(loads, b, 1, int(s), trace) for b, s in zip(picks, seeds)])
