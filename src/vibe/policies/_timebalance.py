@@ -62,7 +62,7 @@ def reference_cluster(cluster: Cluster) -> Cluster:
 
 # ---- replica counts by time ----------------------------------------------------------
 def allocate_replicas(cluster: Cluster, tokens: np.ndarray, weights: np.ndarray, num_gpus: int,
-                      slots: int) -> np.ndarray:
+                      slots: int, prefer_variance: bool = False) -> np.ndarray:
     """How many replicas each expert gets, decided by predicted time.
 
     tokens: [K, X, E]; weights: [K]; each row has `slots` >= E slots on `num_gpus` GPUs.
@@ -71,7 +71,10 @@ def allocate_replicas(cluster: Cluster, tokens: np.ndarray, weights: np.ndarray,
     GPU; ties go to the expert whose split adds least work (a replica of a cold expert
     costs little at prefill, but every replica costs a weight reload at decode).
     An expert never gets more replicas than there are GPUs, unless slots force it.
-    Returns count [X, E] (int64).
+    prefer_variance (for scenarios that are sampled steps): among experts still tied,
+    the one whose replica time varies most over the steps (a replica halves its
+    variance; the proxy, blind to slot granularity, often ties a bursty expert with a
+    steady one of the same mean). Returns count [X, E] (int64).
     """
     K, X, E = tokens.shape
     ref = reference_cluster(cluster)
@@ -98,7 +101,13 @@ def allocate_replicas(cluster: Cluster, tokens: np.ndarray, weights: np.ndarray,
         score = np.where(count >= cap, np.inf, score)
         best = score.min(axis=1, keepdims=True)
         tie = score <= best + 1e-9 * np.abs(best)
-        e = np.argmin(np.where(tie, (w * added).sum(axis=0), np.inf), axis=1)
+        extra = np.where(tie, (w * added).sum(axis=0), np.inf)
+        if prefer_variance:
+            tie &= extra <= extra.min(axis=1, keepdims=True) * (1 + 1e-9) + 1e-12
+            mean = (w * cur).sum(axis=0)
+            e = np.argmax(np.where(tie, (w * (cur - mean) ** 2).sum(axis=0), -np.inf), axis=1)
+        else:
+            e = np.argmin(extra, axis=1)
         count[rows, e] += 1
         cur[:, rows, e] = nxt[:, rows, e]
         nxt[:, rows, e] = replica_time(tokens[:, rows, e] / (count[rows, e] + 1))
@@ -558,7 +567,7 @@ def robust_solve(cluster: Cluster, row_gpus: np.ndarray, tokens: np.ndarray, wei
     """
     N = starts[0][1].shape[1]
     Gr = row_gpus.shape[1]
-    count = allocate_replicas(cluster, tokens, weights, Gr, N)
+    count = allocate_replicas(cluster, tokens, weights, Gr, N, prefer_variance=True)
     items = items_of(count)
     gpu = solve_rows(replica_costs(cluster, row_gpus, tokens, count), weights, items, overhead, slots_per_gpu,
                      restarts, seed)
