@@ -171,3 +171,15 @@ def test_sized_steps_are_seeded_stratified_and_checked():
     assert sorted(a.sum(axis=2)[:, 0] / 2) == [10] * 4 + [1000] * 4  # half the steps of each size
     with pytest.raises(VibeError, match="step sizes"):
         sized_step_tokens(loads, [0, 5], 4, seed=0)
+
+
+def test_cli_place_step_tokens_from_numbers_and_a_file(files, tmp_path, capsys):
+    sizes = tmp_path / "sizes.txt"
+    sizes.write_text("4, 40\n400\n")
+    rc = main(["place", "--cluster", files["cluster.json"], "--loads", files["loads.json"], "--traces",
+               files["trace.npz"], "--step-tokens", "2", str(sizes), "--samples", "6", "--out", files["plan.json"]])
+    assert rc == 0 and "expected per-step" in capsys.readouterr().out
+    rc = main(["place", "--cluster", files["cluster.json"], "--loads", files["loads.json"], "--step-tokens", "0",
+               "--out", str(tmp_path / "never.json")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "step sizes" in err and not (tmp_path / "never.json").exists()
