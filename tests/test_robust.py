@@ -154,12 +154,12 @@ def test_robust_replicates_the_bursty_expert_not_the_steady_one():
 def test_robust_with_step_sizes_never_worse_on_its_samples_and_is_seeded(esft_loads, esft_trace):
     cluster = synth_cluster(8, scenario="power-cap", spread=0.0, slow_rank=3)
     sizes = [4, 16, 64, 200, 700, 3000]
-    extras = {"traces": esft_trace, "step_tokens": sizes, "robust_samples": 24}
+    extras = {"traces": esft_trace, "step_tokens": sizes, "robust_samples": 12}
     robust = place(esft_loads, cluster, "vibe", PlacementOptions(robust=True, seed=3, extras=extras))
     again = place(esft_loads, cluster, "vibe", PlacementOptions(robust=True, seed=3, extras=dict(extras)))
     np.testing.assert_array_equal(robust.physical_to_logical_map, again.physical_to_logical_map)
     plain = place(esft_loads, cluster, "vibe", PlacementOptions(seed=3))
-    steps = sized_step_tokens(esft_loads, sizes, 24, seed=3, trace=esft_trace)  # the solver's own samples
+    steps = sized_step_tokens(esft_loads, sizes, 12, seed=3, trace=esft_trace)  # the solver's own samples
     f = [step_layer_times(q, cluster, steps).sum(axis=1).mean() for q in (plain, robust)]
     assert f[1] <= f[0] + 1e-6 and f[1] < f[0]  # on ESFT's bursty small steps it strictly helps
 
