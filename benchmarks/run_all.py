@@ -3,7 +3,8 @@
 Timings on a shared 2-core machine are noisy: compare ratios measured in one run.
 bench_sim.py takes about 10 minutes; pass --skip sim to leave it out.
 bench_recal_sim.py (online policies under drift in the simulator) takes 1.5-3 minutes;
-bench_comm.py (the comm-aware objective, placement grid only) about 3 minutes.
+bench_comm.py (the comm-aware objective, placement grid only) about 3 minutes;
+bench_robust.py (per-step noise in the simulator, real ESFT routing) about 4.5 minutes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["foundation", "solver", "scale", "comm", "workload", "profile", "engines", "recal", "recal_sim", "sim"]
+BENCHES = ["foundation", "solver", "scale", "comm", "workload", "profile", "engines", "recal", "recal_sim", "robust", "sim"]
 
 
 def main() -> int:

@@ -14,7 +14,9 @@ from vibe.errors import InputError
 from vibe.model import Cluster, ExpertLoads
 from vibe.model.traces import RoutingTrace
 from vibe.policies import PlacementOptions, place
-from vibe.stochastic import (check_trace_matches, expected_step_time, multinomial_step_tokens, step_layer_times,
+from vibe.errors import VibeError
+from vibe.stochastic import (check_trace_matches, expected_step_time, multinomial_step_tokens, sized_step_tokens,
+                             step_layer_times,
                              trace_step_tokens)
 from vibe.synth.cluster import synth_cluster
 from vibe.synth.loads import synth_loads
@@ -115,3 +117,69 @@ def test_cli_bad_traces_fail_in_one_line_without_output(files, tmp_path, capsys)
     rc = main(["evaluate", "--cluster", files["cluster.json"], "--loads", files["loads.json"], "--placement",
                str(out), "--traces", files["trace.npz"]])
     assert rc == 2
+
+
+# ---- the robust objective on steps sized like serving steps -------------------------
+def bursty_case():
+    """2 GPUs x 4 slots, 7 experts + 1 replica, a linear curve (1 us per token).
+    Every sequence (160 tokens, top-1) sends 40 tokens to expert 0; half of them also
+    send 80 to expert 1 (a burst) and 8 to each cold expert 2..6, the other half 24 to
+    each cold expert. Experts 0 and 1 have the same mean (40 per sequence), so the
+    average load cannot tell them apart; a one-sequence step with expert 1's burst
+    (80 of 160 tokens) needs expert 1 split to reach the 80 us per GPU ideal."""
+    burst = [0] * 40 + [1] * 80 + [e for e in range(2, 7) for _ in range(8)]
+    calm = [0] * 40 + [e for e in range(2, 7) for _ in range(24)]
+    seqs = [burst, calm] * 20
+    experts = np.array([t for s in seqs for t in s], dtype=np.int16)[None, :, None]
+    trace = RoutingTrace(experts, np.arange(0, 160 * len(seqs) + 1, 160), 7, (1,))
+    loads = trace.to_loads()
+    cluster = Cluster.init_by_curves([1, 1024], np.array([[1.0, 1024.0]] * 2), 0.0)
+    return trace, loads, cluster
+
+
+def test_robust_replicates_the_bursty_expert_not_the_steady_one():
+    trace, loads, cluster = bursty_case()
+    assert loads.counts[0, 0] == loads.counts[0, 1]  # equal means
+    opt = PlacementOptions(redundant=1, batch_tokens=(160,), robust=True,
+                           extras={"traces": trace, "step_tokens": [160], "robust_samples": 32})
+    p = place(loads, cluster, "vibe", opt)
+    replicas = np.bincount(p.physical_to_logical_map[0], minlength=7)
+    assert replicas[1] == 2 and replicas[0] == 1
+    steps = sized_step_tokens(loads, [160], 200, seed=5, trace=trace)  # held-out steps
+    plain = place(loads, cluster, "vibe", PlacementOptions(redundant=1, batch_tokens=(160,)))
+    robust_t, plain_t = (step_layer_times(q, cluster, steps).sum(axis=1).mean() for q in (p, plain))
+    assert robust_t <= plain_t + 1e-9
+
+
+def test_robust_with_step_sizes_never_worse_on_its_samples_and_is_seeded(esft_loads, esft_trace):
+    cluster = synth_cluster(8, scenario="power-cap", spread=0.0, slow_rank=3)
+    sizes = [4, 16, 64, 200, 700, 3000]
+    extras = {"traces": esft_trace, "step_tokens": sizes, "robust_samples": 12}
+    robust = place(esft_loads, cluster, "vibe", PlacementOptions(robust=True, seed=3, extras=extras))
+    again = place(esft_loads, cluster, "vibe", PlacementOptions(robust=True, seed=3, extras=dict(extras)))
+    np.testing.assert_array_equal(robust.physical_to_logical_map, again.physical_to_logical_map)
+    plain = place(esft_loads, cluster, "vibe", PlacementOptions(seed=3))
+    steps = sized_step_tokens(esft_loads, sizes, 12, seed=3, trace=esft_trace)  # the solver's own samples
+    f = [step_layer_times(q, cluster, steps).sum(axis=1).mean() for q in (plain, robust)]
+    assert f[1] <= f[0] + 1e-6 and f[1] < f[0]  # on ESFT's bursty small steps it strictly helps
+
+
+def test_sized_steps_are_seeded_stratified_and_checked():
+    loads = synth_loads(2, 16, 2, seed=0)
+    a = sized_step_tokens(loads, [10, 1000], 8, seed=1)
+    np.testing.assert_array_equal(a, sized_step_tokens(loads, [10, 1000], 8, seed=1))
+    assert sorted(a.sum(axis=2)[:, 0] / 2) == [10] * 4 + [1000] * 4  # half the steps of each size
+    with pytest.raises(VibeError, match="step sizes"):
+        sized_step_tokens(loads, [0, 5], 4, seed=0)
+
+
+def test_cli_place_step_tokens_from_numbers_and_a_file(files, tmp_path, capsys):
+    sizes = tmp_path / "sizes.txt"
+    sizes.write_text("4, 40\n400\n")
+    rc = main(["place", "--cluster", files["cluster.json"], "--loads", files["loads.json"], "--traces",
+               files["trace.npz"], "--step-tokens", "2", str(sizes), "--samples", "6", "--out", files["plan.json"]])
+    assert rc == 0 and "expected per-step" in capsys.readouterr().out
+    rc = main(["place", "--cluster", files["cluster.json"], "--loads", files["loads.json"], "--step-tokens", "0",
+               "--out", str(tmp_path / "never.json")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "step sizes" in err and not (tmp_path / "never.json").exists()

@@ -18,10 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from vibe.cost import gpu_times_from_slot_tokens, slot_tokens_from_expert_tokens
+from vibe.errors import VibeError
 from vibe.model import Cluster, ExpertLoads, Placement
 from vibe.model.traces import RoutingTrace, check_trace_matches  # noqa: F401 (re-exported)
 
-DEFAULT_SAMPLES = 16
+DEFAULT_SAMPLES = 16  # steps per operating point for `vibe evaluate --traces`
+ROBUST_SAMPLES = 64  # steps the --robust solver optimises over; 16 overfit (held-out steps got worse)
 
 
 def load_traces(path: str | os.PathLike) -> RoutingTrace:
@@ -59,6 +61,30 @@ def step_tokens(loads: ExpertLoads, batch_tokens: float, num_samples: int, seed:
     if trace is not None:
         return trace_step_tokens(trace, batch_tokens, num_samples, seed)
     return multinomial_step_tokens(loads, batch_tokens, num_samples, seed)
+
+
+def sized_step_tokens(loads: ExpertLoads, step_sizes, num_samples: int, seed: int,
+                      trace: RoutingTrace | None = None) -> np.ndarray:
+    """[K, L, E] K steps whose sizes are drawn (seeded, stratified) from
+    `step_sizes` [M] (tokens of observed serving steps: decodes, prefill chunks, mixes),
+    each then routed from the trace (whole sequences) or multinomially.
+
+    Serving steps are mostly far smaller than a prefill operating point (in the
+    simulator's ESFT run the median step has ~150 tokens), and the per-step noise that
+    a placement can absorb lives at those sizes; a step of the whole trace's size has
+    almost none."""
+    sizes = np.asarray(step_sizes, dtype=np.float64).ravel()
+    if sizes.size == 0 or not np.all(np.isfinite(sizes)) or sizes.min() < 1:
+        raise VibeError("step sizes must be a non-empty list of token counts >= 1")
+    rng = np.random.default_rng(seed)
+    # stratified over the sizes' quantiles: every part of the size mix (tiny decode
+    # steps, where co-activation sets the pace, and big prefill chunks) gets its share
+    # of the K steps, instead of whatever a plain draw with replacement happens to give
+    q = (np.arange(num_samples) + rng.random(num_samples)) / num_samples
+    picks = np.quantile(sizes, q, method="inverted_cdf")
+    # one child seed per step: the same seed gives the same steps whatever the sizes' order
+    seeds = rng.integers(0, 2**63 - 1, size=num_samples)
+    return np.concatenate([step_tokens(loads, b, 1, int(s), trace) for b, s in zip(picks, seeds)])
 
 
 def step_gpu_times(placement: Placement, cluster: Cluster, tokens: np.ndarray) -> np.ndarray:

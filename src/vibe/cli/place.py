@@ -8,12 +8,14 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 from rich.table import Table
 
 from vibe.cli._common import (add_comm_arg, load_cluster, add_operating_points, check_outputs, check_slots, console, err_console, fmt_us,
                               nonneg_int, operating_points, positive_float, positive_int, seed_int)
 from vibe.cost import evaluate, normalize_weights, weighted_moe_time
 from vibe.errors import InputError, VibeError
+from vibe.io import require_file
 from vibe.model import Cluster, ExpertLoads, Placement
 from vibe.policies import PlacementOptions, available_policies, place
 from vibe.stochastic import DEFAULT_SAMPLES, check_trace_matches, expected_step_time, load_traces
@@ -39,7 +41,11 @@ def register(cli) -> None:
     p.add_argument("--traces", default=None,
                    help="token-level routing traces (.npz vibe trace or ESFT domain folder); implies --robust")
     p.add_argument("--samples", type=positive_int, default=None, metavar="K",
-                   help=f"re-sampled steps per operating point for --robust (default: {DEFAULT_SAMPLES})")
+                   help="re-sampled steps per operating point for --robust, or in all with --step-tokens "
+                        "(default: 64 in all, at least 16 per point)")
+    p.add_argument("--step-tokens", nargs="+", default=None, metavar="N|FILE",
+                   help="token counts of observed serving steps (numbers, or files of numbers); --robust then "
+                        "re-samples steps of these sizes instead of the operating points; implies --robust")
     p.add_argument("--time-limit", type=positive_float, default=60.0, metavar="S", help="for search policies (exact)")
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--format", nargs="+", choices=ENGINE_FORMATS, default=["vibe"],
@@ -76,11 +82,36 @@ def options_from_args(args: argparse.Namespace, num_gpus: int) -> PlacementOptio
         if args.samples < 1:
             raise VibeError("--samples must be >= 1")
         extras["robust_samples"] = args.samples
+    if getattr(args, "step_tokens", None):
+        extras["step_tokens"] = read_step_tokens(args.step_tokens)
     return PlacementOptions(redundant=args.redundant, num_groups=args.num_groups,
                             batch_tokens=operating_points(args, num_gpus),
                             weights=None if args.weights is None else tuple(args.weights),
-                            seed=args.seed, split=args.split, robust=args.robust or bool(extras.get("traces_path")),
+                            seed=args.seed, split=args.split, robust=args.robust or bool(extras.get("traces_path"))
+                            or "step_tokens" in extras,
                             time_limit_s=args.time_limit, extras=extras)
+
+
+def read_step_tokens(values: list[str]) -> np.ndarray:
+    """[M] step sizes from numbers and/or files of numbers (whitespace, comma or a JSON list)."""
+    out = []
+    for v in values:
+        try:
+            out.append(float(v))
+            continue
+        except ValueError:
+            pass
+        path = Path(v)
+        require_file(path, "a file of step sizes")
+        text = path.read_text().replace("[", " ").replace("]", " ").replace(",", " ").split()
+        try:
+            out.extend(float(x) for x in text)
+        except ValueError:
+            raise InputError(path, "step sizes must be numbers") from None
+    sizes = np.array(out)
+    if sizes.size == 0 or not np.all(np.isfinite(sizes)) or sizes.min() < 1:
+        raise VibeError("--step-tokens: step sizes must be token counts >= 1")
+    return sizes
 
 
 def read_traces(path: str, loads: ExpertLoads):

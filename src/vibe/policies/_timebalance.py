@@ -62,7 +62,7 @@ def reference_cluster(cluster: Cluster) -> Cluster:
 
 # ---- replica counts by time ----------------------------------------------------------
 def allocate_replicas(cluster: Cluster, tokens: np.ndarray, weights: np.ndarray, num_gpus: int,
-                      slots: int) -> np.ndarray:
+                      slots: int, prefer_variance: bool = False) -> np.ndarray:
     """How many replicas each expert gets, decided by predicted time.
 
     tokens: [K, X, E]; weights: [K]; each row has `slots` >= E slots on `num_gpus` GPUs.
@@ -71,7 +71,10 @@ def allocate_replicas(cluster: Cluster, tokens: np.ndarray, weights: np.ndarray,
     GPU; ties go to the expert whose split adds least work (a replica of a cold expert
     costs little at prefill, but every replica costs a weight reload at decode).
     An expert never gets more replicas than there are GPUs, unless slots force it.
-    Returns count [X, E] (int64).
+    prefer_variance (for scenarios that are sampled steps): among experts still tied,
+    the one whose replica time varies most over the steps (a replica halves its
+    variance; the proxy, blind to slot granularity, often ties a bursty expert with a
+    steady one of the same mean). Returns count [X, E] (int64).
     """
     K, X, E = tokens.shape
     ref = reference_cluster(cluster)
@@ -98,7 +101,13 @@ def allocate_replicas(cluster: Cluster, tokens: np.ndarray, weights: np.ndarray,
         score = np.where(count >= cap, np.inf, score)
         best = score.min(axis=1, keepdims=True)
         tie = score <= best + 1e-9 * np.abs(best)
-        e = np.argmin(np.where(tie, (w * added).sum(axis=0), np.inf), axis=1)
+        extra = np.where(tie, (w * added).sum(axis=0), np.inf)
+        if prefer_variance:
+            tie &= extra <= extra.min(axis=1, keepdims=True) * (1 + 1e-9) + 1e-12
+            mean = (w * cur).sum(axis=0)
+            e = np.argmax(np.where(tie, (w * (cur - mean) ** 2).sum(axis=0), -np.inf), axis=1)
+        else:
+            e = np.argmin(extra, axis=1)
         count[rows, e] += 1
         cur[:, rows, e] = nxt[:, rows, e]
         nxt[:, rows, e] = replica_time(tokens[:, rows, e] / (count[rows, e] + 1))
@@ -513,10 +522,14 @@ def point_tokens(loads: ExpertLoads, options) -> tuple[np.ndarray, np.ndarray]:
 
 
 def sampled_steps(loads: ExpertLoads, options) -> tuple[np.ndarray, np.ndarray]:
-    """For --robust: `robust_samples` re-sampled steps per operating point (from the
-    trace in options.extras 'traces' / 'traces_path', else multinomial), tokens
-    [K * samples, L, E], each weighted 1/samples of its point, so that the objective
-    is the expected per-step makespan."""
+    """For --robust: re-sampled steps (from the trace in options.extras 'traces' /
+    'traces_path', else multinomial) and their weights, so that the objective is the
+    expected per-step makespan. tokens [K, L, E], weights [K] (summing to 1).
+
+    With extras 'step_tokens' (sizes of observed serving steps) `robust_samples`
+    (default ROBUST_SAMPLES) steps get sizes drawn from them, each weighted 1/K;
+    otherwise `robust_samples` steps per operating point (default ROBUST_SAMPLES split
+    over the points, at least DEFAULT_SAMPLES each), each weighted 1/samples of its point."""
     from vibe import stochastic
 
     w = point_weights(options.batch_tokens, options.weights)
@@ -525,12 +538,43 @@ def sampled_steps(loads: ExpertLoads, options) -> tuple[np.ndarray, np.ndarray]:
         trace = stochastic.load_traces(options.extras["traces_path"])
     if trace is not None:
         stochastic.check_trace_matches(trace, loads, options.extras.get("traces_path", "traces"))
-    n = int(options.extras.get("robust_samples", stochastic.DEFAULT_SAMPLES))
+    sizes = options.extras.get("step_tokens")
+    default = stochastic.ROBUST_SAMPLES if sizes is not None else \
+        max(stochastic.DEFAULT_SAMPLES, stochastic.ROBUST_SAMPLES // len(w))
+    n = int(options.extras.get("robust_samples", default))
     if n < 1:
         raise VibeError("robust_samples must be >= 1")
+    if sizes is not None:
+        return stochastic.sized_step_tokens(loads, sizes, n, options.seed, trace), np.full(n, 1.0 / n)
     tokens = np.concatenate([stochastic.step_tokens(loads, b, n, options.seed + 7919 * i, trace)
                              for i, b in enumerate(options.batch_tokens)])
     return tokens, np.repeat(w / n, n)
+
+
+def robust_solve(cluster: Cluster, row_gpus: np.ndarray, tokens: np.ndarray, weights: np.ndarray,
+                 overhead: np.ndarray, slots_per_gpu: int, starts: list, restarts: int = 0,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The plan with the lowest expected per-step makespan over the sampled steps.
+
+    tokens: [K, X, E] sampled steps of each row; weights [K]; starts: plans
+    (count [X, E], item_expert [X, N], item_gpu [X, N]) made for the average load, the
+    first of which is kept on ties. Adds a plan built on the samples themselves: its
+    replica counts come from the steps (an expert that bursts in some steps is split
+    where its bursts set the makespan, so variance earns replicas, not only mean load),
+    then construction and search on the sampled objective. Every start is then
+    searched on the sampled objective and, per row, the best is kept, so the result is
+    never worse on the samples than the average-load plan.
+    """
+    N = starts[0][1].shape[1]
+    Gr = row_gpus.shape[1]
+    count = allocate_replicas(cluster, tokens, weights, Gr, N, prefer_variance=True)
+    items = items_of(count)
+    gpu = solve_rows(replica_costs(cluster, row_gpus, tokens, count), weights, items, overhead, slots_per_gpu,
+                     restarts, seed)
+    searched = [(c, i, local_search(replica_costs(cluster, row_gpus, tokens, c), weights, i, g, overhead))
+                for c, i, g in starts]
+    return best_of_starts(cluster, row_gpus, tokens, weights, overhead, slots_per_gpu,
+                          [*searched, (count, items, gpu)])
 
 
 def layer_rows(loads: ExpertLoads, cluster: Cluster, options, tokens: np.ndarray,
@@ -586,9 +630,9 @@ def solve_placement(loads: ExpertLoads, cluster: Cluster, options, policy: str,
 
     solve(costs [K, X, E', G'], weights [K], item_expert [X, N], overhead [X, G'], S)
     -> item_gpu [X, N]; default: `solve_rows` with the options' restarts and seed.
-    The plan is made for the operating points at average load; with --robust, a local
-    search on re-sampled steps then takes only swaps that lower their mean makespan
-    (searching the noisy objective from scratch overfits the samples).
+    The plan is made for the operating points at average load; with --robust,
+    `robust_solve` then keeps, per row, whichever of that plan (searched on the
+    re-sampled steps) and a plan built on the steps has the lower expected makespan.
     Returns (placement, tokens [K, L, E], weights [K]) of the objective finally used.
     """
     from vibe.policies.base import slots_per_gpu
@@ -613,8 +657,9 @@ def solve_placement(loads: ExpertLoads, cluster: Cluster, options, policy: str,
             [(count, items, item_gpu), *eplb_starts(loads, cluster, S, row_tokens, w, overhead)])
     if options.robust:
         tokens, w = sampled_steps(loads, options)
-        costs = replica_costs(cluster, row_gpus, tokens[:, row_layer[:, None], row_experts], count)
-        item_gpu = local_search(costs, w, items, item_gpu, overhead, plateau=False)
+        count, items, item_gpu = robust_solve(
+            cluster, row_gpus, tokens[:, row_layer[:, None], row_experts], w, overhead, S,
+            [(count, items, item_gpu)], int(options.extras.get("restarts", DEFAULT_RESTARTS)), options.seed)
     local = slot_layout(items, item_gpu, Gr)  # [X, G', S] row-local expert ids
     experts = np.take_along_axis(row_experts, local.reshape(len(row_layer), -1), axis=1).reshape(local.shape)
     phy = np.empty((loads.num_layers, cluster.num_gpus * S), dtype=np.int64)
