@@ -294,6 +294,238 @@ def slot_work_bound(cluster: Cluster, expert_tokens: np.ndarray, slots_per_gpu: 
     return np.where(A > 0, lo, over.max())
 
 
+# ---- the replica-aware Lagrangian bound ----------------------------------------------
+def _piece_points(cluster: Cluster, top: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Points where a piece's cost can bend on (0, top]: X [L, Q] (0, the curve points
+    below top, top; points past top are clipped to it) and t [L, Q, G] (t_g(0+) at 0).
+
+    top: [L] the largest piece a layer can have. Between consecutive points every curve
+    is linear, so lam_g t_g + mu_g is too and its minimum over g is concave there.
+    """
+    grid, us = cluster.latency_table()
+    L, G = top.shape[0], cluster.num_gpus
+    X = np.concatenate([np.zeros((L, 1)), np.minimum(grid[None, :], top[:, None]), top[:, None]], axis=1)
+    t = expert_time_us(cluster, np.arange(G)[None, None, :], X[:, :, None])  # [L, Q, G]
+    t[:, 0, :] = us[None, :, 0]  # the floor: a piece with any token pays at least t_g(0+)
+    return X, t
+
+
+def _hull_pairs(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Chords that can hold the lower convex hull above each point of X [L, Q].
+
+    Returns I, J [Q, C] point indices (i <= k <= j, padded with (k, k)) and W [L, Q, C]
+    the weight of point i in the combination that lands on X_k. In one dimension the
+    convex minorant at x is the lowest chord over x, so hull_k = min_c (W phi_i + (1-W) phi_j).
+    """
+    Q = X.shape[1]
+    pairs = [[(i, j) for i in range(k + 1) for j in range(k, Q)] for k in range(Q)]
+    C = max(len(p) for p in pairs)
+    I = np.array([[i for i, _ in p] + [k] * (C - len(p)) for k, p in enumerate(pairs)])
+    J = np.array([[j for _, j in p] + [k] * (C - len(p)) for k, p in enumerate(pairs)])
+    xi, xj, xk = X[:, I], X[:, J], X[:, :, None]
+    width = xj - xi
+    W = np.where(width > 0, (xj - xk) / np.where(width > 0, width, 1.0), 1.0)
+    return I, J, W
+
+
+def _interp_rows(X: np.ndarray, H: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per layer linear interpolation of H [L, Q] (on the sorted X [L, Q]) at y [L, K]:
+    (values [L, K], left point index [L, K], weight of the left point [L, K])."""
+    Q = X.shape[1]
+    seg = np.clip((X[:, None, 1:-1] < y[..., None]).sum(-1), 0, Q - 2)  # [L, K]
+    x0, x1 = np.take_along_axis(X, seg, 1), np.take_along_axis(X, seg + 1, 1)
+    width = x1 - x0
+    a = np.where(width > 0, (x1 - y) / np.where(width > 0, width, 1.0), 1.0)  # weight of x0
+    a = np.clip(a, 0.0, 1.0)
+    h = a * np.take_along_axis(H, seg, 1) + (1 - a) * np.take_along_axis(H, seg + 1, 1)
+    return h, seg, a
+
+
+def replica_lagrangian_value(costs: np.ndarray, n_e: np.ndarray, X: np.ndarray, t_pts: np.ndarray,
+                             overhead_us: np.ndarray, slots_per_gpu: int, lam: np.ndarray, mu: np.ndarray,
+                             top: np.ndarray | None = None, with_subgradient: bool = False,
+                             tau: float = 1e-3):
+    """A lower bound on any plan's layer time (replicas and replica weights included)
+    for GPU weights lam [L, G] (>= 0, sum 1) and slot prices mu [L, G] (>= 0).
+
+    costs: [L, E, G] t_g(n_e); n_e: [L, E]; X [L, Q], t_pts [L, Q, G] from _piece_points
+    on (0, D] with D >= every piece's size; top: [L] that D when it is below n_e for some
+    expert (the makespan-z restriction of replica_lagrangian_bounds): expert e then needs
+    at least ceil(n_e / D) pieces. Returns [L] values (inf: no plan fits the restriction),
+    and with with_subgradient also (T [L, G], slots [L, G]), the fractional plan's GPU
+    times and slot counts (the supergradient in lam and mu).
+
+    Why it is a bound: a plan's slots with tokens ("pieces") on GPU g number a_g <= S, so
+    for any of its GPUs' times T_g, z = max_g T_g >= sum_g lam_g T_g + sum_g mu_g (a_g - S)
+    = sum_g lam_g o_g - S sum_g mu_g + sum over pieces (lam_g t_g(x) + mu_g). A piece of x
+    tokens costs at least phi(x) = min_g (lam_g t_g(x) + mu_g); expert e in r pieces
+    (sum n_e, each in (0, D]) costs at least phi(n_e) if r = 1 and, by Jensen on the
+    convex minorant h of phi on (0, D], r h(n_e / r) if r >= 2. The minimum over integer
+    r of that is what each expert adds. r h(n / r) is convex in r (a perspective) and
+    equals n h(y) / y at y = n / r, smallest where h(y) / y is (a hull vertex y*): the
+    best r >= 2 is floor or ceil of n / y*, clipped to [max(2, r_min), r_max] with
+    r_max = G S - (active experts - 1), the most pieces one expert can get.
+    """
+    L, E, G = costs.shape
+    S = slots_per_gpu
+    active = n_e > 0
+    A = active.sum(axis=1)
+    piece = lam[:, None, :] * t_pts + mu[:, None, :]  # [L, Q, G]
+    g_pt = piece.argmin(axis=2)
+    phi = np.take_along_axis(piece, g_pt[..., None], 2)[..., 0]  # [L, Q]
+    I, J, W = _hull_pairs(X)
+    chords = W * phi[:, I] + (1 - W) * phi[:, J]  # [L, Q, C]
+    c_best = chords.argmin(axis=2)
+    H = np.take_along_axis(chords, c_best[..., None], 2)[..., 0]  # [L, Q] hull at the points
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(X[:, 1:] > 0, H[:, 1:] / X[:, 1:], np.inf)
+    y_star = np.take_along_axis(X[:, 1:], ratio.argmin(axis=1)[:, None], 1)  # [L, 1]
+    whole = lam[:, None, :] * costs + mu[:, None, :]  # [L, E, G]
+    g_whole = whole.argmin(axis=2)
+    phi_n = np.take_along_axis(whole, g_whole[..., None], 2)[..., 0]  # [L, E]
+    D = X[:, -1:] if top is None else top[:, None]
+    r_min = np.maximum(np.ceil(n_e / D * (1 - 1e-12)), 1.0)  # erring low keeps it a bound
+    r_max = (G * S - A + 1).astype(np.float64)[:, None]
+    lo2 = np.maximum(r_min, 2.0)
+    rc = n_e / np.maximum(y_star, 1e-300)
+    cand = np.stack([np.clip(np.floor(rc), lo2, r_max), np.clip(np.ceil(rc), lo2, r_max)], axis=-1)  # [L, E, 2]
+    h, seg, a = _interp_rows(X, H, (n_e[..., None] / cand).reshape(L, -1))
+    split = cand * h.reshape(L, E, 2)
+    split = np.where(lo2[..., None] <= r_max[..., None], split, np.inf)
+    one = np.where(r_min <= 1, phi_n, np.inf)
+    best = np.minimum(one, split.min(axis=-1))
+    feasible = (np.where(active, r_min, 0).sum(axis=1) <= G * S) & np.all(np.where(active, np.isfinite(best), True), 1)
+    value = (lam * overhead_us).sum(1) - S * mu.sum(1) + np.where(active, best, 0.0).sum(1)
+    value = np.where(feasible, value, np.inf)
+    if not with_subgradient:
+        return value
+    # The fractional plan behind the value: whole experts spread over the GPUs nearly
+    # cheapest for them, split ones as mass on the hull's points, each point's mass
+    # spread the same way. Spreading over near-ties (a soft-min) instead of one arg-min
+    # gives ascent directions that do not jump between identical GPUs.
+    def soft(a: np.ndarray) -> np.ndarray:
+        m = a.min(axis=-1, keepdims=True)
+        w = np.exp(-(a - m) / np.maximum(tau * np.abs(m), 1e-12))
+        return w / w.sum(axis=-1, keepdims=True)
+
+    use_one = active & (one <= split.min(axis=-1))  # [L, E]
+    w1 = soft(whole) * use_one[..., None]  # [L, E, G]
+    T = overhead_us[None, :] + (w1 * costs).sum(axis=1)
+    slots = w1.sum(axis=1)
+    rows = np.repeat(np.arange(L), E)
+    k = split.argmin(axis=-1).ravel()  # which candidate r
+    use_split = (active & ~use_one & np.isfinite(best)).ravel()
+    pick = np.arange(L * E)[use_split], k[use_split]
+    r_used, s_used, a_used = cand.reshape(L * E, 2)[pick], seg.reshape(L * E, 2)[pick], a.reshape(L * E, 2)[pick]
+    mass_h = np.zeros(X.shape)
+    np.add.at(mass_h, (rows[use_split], s_used), r_used * a_used)
+    np.add.at(mass_h, (rows[use_split], s_used + 1), r_used * (1 - a_used))
+    q = np.arange(X.shape[1])[None, :]
+    w = np.take_along_axis(W, c_best[..., None], 2)[..., 0]  # [L, Q]
+    mass = np.zeros(X.shape)
+    lr = np.repeat(np.arange(L)[:, None], X.shape[1], 1)
+    np.add.at(mass, (lr, I[q, c_best]), mass_h * w)
+    np.add.at(mass, (lr, J[q, c_best]), mass_h * (1 - w))
+    wp = soft(piece) * mass[..., None]  # [L, Q, G]
+    T += (wp * t_pts).sum(axis=1)
+    slots += wp.sum(axis=1)
+    return value, (T, slots)
+
+
+def _largest_piece(t_pts: np.ndarray, X: np.ndarray, budget: np.ndarray) -> np.ndarray:
+    """[L] the most tokens one piece can hold on any GPU within per-GPU time budgets
+    [L, G] (z - o_g): max over g and over the segments of t_g on X of the largest x with
+    t_g(x) <= budget_g (0 where no piece fits). t_pts [L, Q, G], X [L, Q]."""
+    b = budget[:, None, :] * (1 + 1e-12)  # erring towards "fits" keeps it a bound
+    t0, t1 = t_pts[:, :-1], t_pts[:, 1:]  # [L, Q-1, G] segment ends
+    x0, x1 = X[:, :-1, None], X[:, 1:, None]
+    rise = t1 - t0
+    inner = x0 + np.where(rise > 0, (b - t0) / np.where(rise > 0, rise, 1.0), 0.0) * (x1 - x0)
+    x = np.where(t1 <= b, x1, np.where(t0 <= b, np.clip(inner, x0, x1), 0.0))
+    return x.max(axis=(1, 2))
+
+
+def replica_lagrangian_bounds(cluster: Cluster, expert_tokens: np.ndarray, slots_per_gpu: int,
+                              known: np.ndarray | None = None, iters: int = 20,
+                              steps: int = 12) -> np.ndarray:
+    """Replica-aware bound for any plan with S = slots_per_gpu slots per GPU, all layers
+    at once: expert_tokens [L, E] n_e -> [L] (us).
+
+    Two stages, each scored with the exact replica_lagrangian_value, so the result is a
+    valid bound whatever the search did:
+    1. Multipliers: lam_g proportional to each GPU's speed at the mean expert, mu = 0,
+       then (unless every GPU is alike, where uniform lam is already optimal for any
+       equal slot prices: F is concave and symmetric in the GPUs) `iters` mirror-ascent
+       steps on lam along the soft supergradient; the best value per layer is kept.
+    2. The makespan restriction: if a plan's time is z* <= z, none of its pieces is larger
+       than D(z) = the most tokens any GPU can run within z - o_g (_largest_piece), so
+       every expert needs at least ceil(n_e / D(z)) pieces and the hull is taken on
+       (0, D(z)]; that restricted value F_z bounds z*. Either z* > z or z* >= F_z, so
+       z* >= z wherever F_z >= z: `steps` bisection steps on z for the largest such z.
+    known: [L] bounds already proven; the result is at least those.
+    """
+    n_e = np.asarray(expert_tokens, dtype=np.float64)
+    L, E = n_e.shape
+    G, S = cluster.num_gpus, slots_per_gpu
+    over = cluster.overhead_us.astype(np.float64)
+    out = np.full(L, over.max()) if known is None else np.maximum(np.asarray(known, dtype=np.float64), over.max())
+    A = (n_e > 0).sum(axis=1)
+    live = np.flatnonzero(A > 0)
+    if live.size == 0:
+        return out
+    n_e = n_e[live]
+    Ll = live.size
+    costs = expert_cost_matrix(cluster, n_e)  # [L, E, G]
+    M = n_e.max(axis=1)
+    X, tp = _piece_points(cluster, M)
+    mean_n = n_e.sum(axis=1) / A[live]
+    speed = 1.0 / np.maximum(expert_time_us(cluster, np.arange(G)[None, :], mean_n[:, None]), 1e-300)
+    lam0 = speed / speed.sum(axis=1, keepdims=True)
+    mu0 = np.zeros((Ll, G))
+
+    def ascend(lam, mu, Xp, tpp, top, best, n_iter):
+        """Mirror ascent on lam from lam (mu held); returns the best (value, lam) per layer."""
+        blam = lam.copy()
+        for it in range(n_iter):
+            v, (T, _) = replica_lagrangian_value(costs, n_e, Xp, tpp, over, S, lam, mu, top, True)
+            up = v > best
+            best = np.where(up, v, best)
+            blam[up] = lam[up]
+            scale = np.where(np.isfinite(best) & (best > 0), best, 1.0)[:, None]
+            gl = (T - (lam * T).sum(axis=1, keepdims=True)) / scale
+            lam = lam * np.exp(np.clip(0.5 / np.sqrt(it + 1.0) * gl, -30, 30))
+            lam /= lam.sum(axis=1, keepdims=True)
+        return best, blam
+
+    best0 = replica_lagrangian_value(costs, n_e, X, tp, over, S, lam0, mu0)
+    # Identical GPUs: F is concave and symmetric in them, so the uniform lam (the start)
+    # is optimal among equal-mu multipliers and the ascent has nothing to find.
+    one_kind = bool(np.all(tp == tp[:, :, :1])) and bool(np.all(over == over[0]))
+    best, lam = ascend(lam0, mu0, X, tp, None, best0, 0 if one_kind else iters)
+    mu = mu0
+    lo = np.maximum(out[live], best)  # proven: z* >= lo
+
+    def restricted(z, lam, mu):
+        """[L] F_z at multipliers (lam, mu): the bound on plans of time <= z."""
+        D = np.minimum(M, _largest_piece(tp, X, z[:, None] - over[None, :]))
+        Xz, tpz = _piece_points(cluster, np.maximum(D, 1e-9))
+        v = replica_lagrangian_value(costs, n_e, Xz, tpz, over, S, lam, mu, np.maximum(D, 1e-9))
+        return np.where(D > 0, v, np.inf)
+
+    hi = lo * 1.05 + 1e-9
+    for _ in range(60):  # grow hi until F_hi < hi, i.e. hi is not proven
+        proven = restricted(hi, lam, mu) >= hi
+        if not proven.any():
+            break
+        lo, hi = np.where(proven, hi, lo), np.where(proven, hi * 1.5, hi)
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        proven = restricted(mid, lam, mu) >= mid
+        lo, hi = np.where(proven, mid, lo), np.where(proven, hi, mid)
+    out[live] = np.maximum(out[live], lo)
+    return out
+
+
 def lp_bounds(costs: np.ndarray, overhead_us: np.ndarray, slots_per_gpu: int,
               known: np.ndarray | None = None) -> np.ndarray:
     """[L, E, G] costs -> [L] LP bound of every layer: exact (HiGHS) when the merged LP
@@ -333,6 +565,8 @@ def layer_lower_bounds(loads: ExpertLoads, cluster: Cluster, batch_tokens: float
     S = num_slots // cluster.num_gpus
     out = np.maximum(out, active_slots_bound(cluster, (n_e > 0).sum(axis=1), S))
     out = np.maximum(out, slot_work_bound(cluster, n_e, S, known=out))
+    if num_slots > loads.num_experts:
+        out = np.maximum(out, replica_lagrangian_bounds(cluster, n_e, S, known=out))
     if num_slots == loads.num_experts:
         costs_all = expert_cost_matrix(cluster, n_e)  # [L, E, G]
         out = np.maximum(out, [hottest_expert_bound(c, over, S) for c in costs_all])
