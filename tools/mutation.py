@@ -63,7 +63,8 @@ MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
     "timebalance": (["src/vibe/policies/_timebalance.py", "src/vibe/policies/vibe.py"],
                     ["tests/test_worked_examples.py", "tests/test_vibe_policy.py", "tests/test_robust.py"], None),
     "exact": (["src/vibe/policies/exact.py"], ["tests/test_exact.py"], None),
-    "recal-drift": (["src/vibe/recal/drift.py"], ["tests/test_recal_drift.py"], None),
+    "recal-drift": (["src/vibe/recal/drift.py"], ["tests/test_recal_drift.py", "tests/test_recal_drift_examples.py"],
+                    None),
     "recal-repair": (["src/vibe/recal/repair.py"], ["tests/test_recal.py"], None),
 }
 

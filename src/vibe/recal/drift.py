@@ -46,6 +46,7 @@ import numpy as np
 from vibe.cost import gpu_times_from_slot_tokens
 from vibe.errors import InputError, VibeError
 from vibe.model import Cluster, ExpertLoads, Placement
+from vibe.model.cluster import _interp_extrap
 
 DEFAULT_WINDOW = 8  # observations (steps or dumps) in the sliding window
 DEFAULT_TV_THRESHOLD = 0.15
@@ -163,8 +164,10 @@ def curve_ratios(old: Cluster, new: Cluster) -> dict[int, float]:
     """{rank: median ratio new / old of its latency curve} for the GPUs whose curve or
     overhead changed (e.g. `vibe cluster edit --scale`)."""
     grid_old, us_old = old.latency_table()
-    us_new = new.latency_table()[1] if np.array_equal(new.latency_table()[0], grid_old) else np.stack(
-        [np.interp(grid_old, g.tokens, g.latency_us) for g in new.gpus])
+    # every new curve on the old grid, extended past its last point as the cost model
+    # extends it (np.interp would hold it flat there: a curve given at other points but
+    # unchanged would then look changed)
+    us_new = np.stack([_interp_extrap(grid_old, g.tokens, g.latency_us) for g in new.gpus])
     out = {}
     for g in range(old.num_gpus):
         same = np.allclose(us_new[g], us_old[g], rtol=1e-9) and np.isclose(new.gpus[g].overhead_us,
