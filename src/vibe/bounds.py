@@ -22,6 +22,8 @@ from vibe.model import Cluster, ExpertLoads
 # HiGHS solves the LP exactly while E x (distinct GPU kinds) stays below this many
 # variables (ESFT: 64 experts x 16 GPUs); bigger layers use the Lagrangian dual below.
 LP_EXACT_MAX_VARS = 2048
+# Elements of [L, E, kinds] the replica bound's multiplier ascent may sweep in all.
+REPLICA_ASCENT_WORK = 1e7
 
 
 def gpu_kinds(costs: np.ndarray, overhead_us: np.ndarray) -> np.ndarray:
@@ -343,17 +345,21 @@ def _interp_rows(X: np.ndarray, H: np.ndarray, y: np.ndarray) -> tuple[np.ndarra
 
 def replica_lagrangian_value(costs: np.ndarray, n_e: np.ndarray, X: np.ndarray, t_pts: np.ndarray,
                              overhead_us: np.ndarray, slots_per_gpu: int, lam: np.ndarray, mu: np.ndarray,
-                             top: np.ndarray | None = None, with_subgradient: bool = False,
-                             tau: float = 1e-3):
+                             top: np.ndarray | None = None, size: np.ndarray | None = None,
+                             with_subgradient: bool = False, tau: float = 1e-3,
+                             phi_n: np.ndarray | None = None):
     """A lower bound on any plan's layer time (replicas and replica weights included)
-    for GPU weights lam [L, G] (>= 0, sum 1) and slot prices mu [L, G] (>= 0).
+    for GPU weights lam [L, K] (>= 0, sum_k size_k lam_k = 1) and slot prices mu [L, K]
+    (>= 0), where the K columns are GPU kinds of size [K] identical GPUs (default: one
+    column per GPU) that share their multipliers.
 
-    costs: [L, E, G] t_g(n_e); n_e: [L, E]; X [L, Q], t_pts [L, Q, G] from _piece_points
+    costs: [L, E, K] t_k(n_e); n_e: [L, E]; X [L, Q], t_pts [L, Q, K] from _piece_points
     on (0, D] with D >= every piece's size; top: [L] that D when it is below n_e for some
     expert (the makespan-z restriction of replica_lagrangian_bounds): expert e then needs
-    at least ceil(n_e / D) pieces. Returns [L] values (inf: no plan fits the restriction),
-    and with with_subgradient also (T [L, G], slots [L, G]), the fractional plan's GPU
-    times and slot counts (the supergradient in lam and mu).
+    at least ceil(n_e / D) pieces. phi_n: [L, E] min_k (lam_k costs + mu_k) when the
+    caller has it (it does not depend on D). Returns [L] values (inf: no plan fits the restriction),
+    and with with_subgradient also T [L, K]: the per-GPU time of each kind in the
+    fractional plan behind the value, the supergradient in p_k = size_k lam_k.
 
     Why it is a bound: a plan's slots with tokens ("pieces") on GPU g number a_g <= S, so
     for any of its GPUs' times T_g, z = max_g T_g >= sum_g lam_g T_g + sum_g mu_g (a_g - S)
@@ -366,13 +372,13 @@ def replica_lagrangian_value(costs: np.ndarray, n_e: np.ndarray, X: np.ndarray, 
     best r >= 2 is floor or ceil of n / y*, clipped to [max(2, r_min), r_max] with
     r_max = G S - (active experts - 1), the most pieces one expert can get.
     """
-    L, E, G = costs.shape
-    S = slots_per_gpu
+    L, E, K = costs.shape
+    size = np.ones(K) if size is None else np.asarray(size, dtype=np.float64)
+    G, S = int(round(size.sum())), slots_per_gpu
     active = n_e > 0
     A = active.sum(axis=1)
-    piece = lam[:, None, :] * t_pts + mu[:, None, :]  # [L, Q, G]
-    g_pt = piece.argmin(axis=2)
-    phi = np.take_along_axis(piece, g_pt[..., None], 2)[..., 0]  # [L, Q]
+    piece = lam[:, None, :] * t_pts + mu[:, None, :]  # [L, Q, K]
+    phi = piece.min(axis=2)  # [L, Q]
     I, J, W = _hull_pairs(X)
     chords = W * phi[:, I] + (1 - W) * phi[:, J]  # [L, Q, C]
     c_best = chords.argmin(axis=2)
@@ -380,9 +386,9 @@ def replica_lagrangian_value(costs: np.ndarray, n_e: np.ndarray, X: np.ndarray, 
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(X[:, 1:] > 0, H[:, 1:] / X[:, 1:], np.inf)
     y_star = np.take_along_axis(X[:, 1:], ratio.argmin(axis=1)[:, None], 1)  # [L, 1]
-    whole = lam[:, None, :] * costs + mu[:, None, :]  # [L, E, G]
-    g_whole = whole.argmin(axis=2)
-    phi_n = np.take_along_axis(whole, g_whole[..., None], 2)[..., 0]  # [L, E]
+    if phi_n is None or with_subgradient:
+        whole = lam[:, None, :] * costs + mu[:, None, :]  # [L, E, K]
+        phi_n = whole.min(axis=2)  # [L, E]
     D = X[:, -1:] if top is None else top[:, None]
     r_min = np.maximum(np.ceil(n_e / D * (1 - 1e-12)), 1.0)  # erring low keeps it a bound
     r_max = (G * S - A + 1).astype(np.float64)[:, None]
@@ -390,46 +396,44 @@ def replica_lagrangian_value(costs: np.ndarray, n_e: np.ndarray, X: np.ndarray, 
     rc = n_e / np.maximum(y_star, 1e-300)
     cand = np.stack([np.clip(np.floor(rc), lo2, r_max), np.clip(np.ceil(rc), lo2, r_max)], axis=-1)  # [L, E, 2]
     h, seg, a = _interp_rows(X, H, (n_e[..., None] / cand).reshape(L, -1))
-    split = cand * h.reshape(L, E, 2)
-    split = np.where(lo2[..., None] <= r_max[..., None], split, np.inf)
+    split = np.where(lo2[..., None] <= r_max[..., None], cand * h.reshape(L, E, 2), np.inf)
     one = np.where(r_min <= 1, phi_n, np.inf)
     best = np.minimum(one, split.min(axis=-1))
-    feasible = (np.where(active, r_min, 0).sum(axis=1) <= G * S) & np.all(np.where(active, np.isfinite(best), True), 1)
-    value = (lam * overhead_us).sum(1) - S * mu.sum(1) + np.where(active, best, 0.0).sum(1)
+    feasible = (np.where(active, r_min, 0).sum(axis=1) <= G * S) & np.all(~active | np.isfinite(best), axis=1)
+    value = (size * (lam * overhead_us - S * mu)).sum(1) + np.where(active, best, 0.0).sum(1)
     value = np.where(feasible, value, np.inf)
     if not with_subgradient:
         return value
-    # The fractional plan behind the value: whole experts spread over the GPUs nearly
+    # The fractional plan behind the value: whole experts spread over the kinds nearly
     # cheapest for them, split ones as mass on the hull's points, each point's mass
     # spread the same way. Spreading over near-ties (a soft-min) instead of one arg-min
-    # gives ascent directions that do not jump between identical GPUs.
-    def soft(a: np.ndarray) -> np.ndarray:
-        m = a.min(axis=-1, keepdims=True)
-        w = np.exp(-(a - m) / np.maximum(tau * np.abs(m), 1e-12))
+    # gives ascent directions that do not jump between near-identical GPUs.
+    def soft(v: np.ndarray) -> np.ndarray:
+        v = v.astype(np.float32)  # a direction only: float32 halves the cost of [L, E, K]
+        m = v.min(axis=-1, keepdims=True)
+        w = np.exp(-(v - m) / np.maximum(np.float32(tau) * np.abs(m), np.float32(1e-12)))
         return w / w.sum(axis=-1, keepdims=True)
 
     use_one = active & (one <= split.min(axis=-1))  # [L, E]
-    w1 = soft(whole) * use_one[..., None]  # [L, E, G]
-    T = overhead_us[None, :] + (w1 * costs).sum(axis=1)
-    slots = w1.sum(axis=1)
+    w1 = soft(whole)
+    w1 *= use_one[..., None]
+    w1 *= costs
+    work = w1.sum(axis=1, dtype=np.float64)  # [L, K]
     rows = np.repeat(np.arange(L), E)
-    k = split.argmin(axis=-1).ravel()  # which candidate r
     use_split = (active & ~use_one & np.isfinite(best)).ravel()
-    pick = np.arange(L * E)[use_split], k[use_split]
+    pick = np.arange(L * E)[use_split], split.argmin(axis=-1).ravel()[use_split]
     r_used, s_used, a_used = cand.reshape(L * E, 2)[pick], seg.reshape(L * E, 2)[pick], a.reshape(L * E, 2)[pick]
-    mass_h = np.zeros(X.shape)
+    mass_h = np.zeros(X.shape)  # pieces at each hull point
     np.add.at(mass_h, (rows[use_split], s_used), r_used * a_used)
     np.add.at(mass_h, (rows[use_split], s_used + 1), r_used * (1 - a_used))
     q = np.arange(X.shape[1])[None, :]
     w = np.take_along_axis(W, c_best[..., None], 2)[..., 0]  # [L, Q]
-    mass = np.zeros(X.shape)
+    mass = np.zeros(X.shape)  # pieces at each curve point
     lr = np.repeat(np.arange(L)[:, None], X.shape[1], 1)
     np.add.at(mass, (lr, I[q, c_best]), mass_h * w)
     np.add.at(mass, (lr, J[q, c_best]), mass_h * (1 - w))
-    wp = soft(piece) * mass[..., None]  # [L, Q, G]
-    T += (wp * t_pts).sum(axis=1)
-    slots += wp.sum(axis=1)
-    return value, (T, slots)
+    work += (soft(piece) * mass[..., None] * t_pts).sum(axis=1)
+    return value, overhead_us[None, :] + work / size
 
 
 def _largest_piece(t_pts: np.ndarray, X: np.ndarray, budget: np.ndarray) -> np.ndarray:
@@ -446,17 +450,20 @@ def _largest_piece(t_pts: np.ndarray, X: np.ndarray, budget: np.ndarray) -> np.n
 
 
 def replica_lagrangian_bounds(cluster: Cluster, expert_tokens: np.ndarray, slots_per_gpu: int,
-                              known: np.ndarray | None = None, iters: int = 20,
+                              known: np.ndarray | None = None, iters: int = 10,
                               steps: int = 12) -> np.ndarray:
     """Replica-aware bound for any plan with S = slots_per_gpu slots per GPU, all layers
     at once: expert_tokens [L, E] n_e -> [L] (us).
 
-    Two stages, each scored with the exact replica_lagrangian_value, so the result is a
-    valid bound whatever the search did:
+    GPUs with identical curves and overheads share multipliers (gpu_kinds): F is
+    concave and symmetric in them, so averaging any multipliers over such GPUs loses
+    nothing, and the work is over K kinds instead of G GPUs. Two stages, each scored with
+    the exact replica_lagrangian_value, so the result is a valid bound whatever the
+    search did:
     1. Multipliers: lam_g proportional to each GPU's speed at the mean expert, mu = 0,
-       then (unless every GPU is alike, where uniform lam is already optimal for any
-       equal slot prices: F is concave and symmetric in the GPUs) `iters` mirror-ascent
-       steps on lam along the soft supergradient; the best value per layer is kept.
+       then up to `iters` mirror-ascent steps on lam along the soft supergradient
+       (skipped with one kind, where uniform lam is optimal for equal slot prices;
+       stopped once no layer gains 1e-5 in 3 steps); the best value per layer is kept.
     2. The makespan restriction: if a plan's time is z* <= z, none of its pieces is larger
        than D(z) = the most tokens any GPU can run within z - o_g (_largest_piece), so
        every expert needs at least ceil(n_e / D(z)) pieces and the hull is taken on
@@ -466,62 +473,67 @@ def replica_lagrangian_bounds(cluster: Cluster, expert_tokens: np.ndarray, slots
     """
     n_e = np.asarray(expert_tokens, dtype=np.float64)
     L, E = n_e.shape
-    G, S = cluster.num_gpus, slots_per_gpu
-    over = cluster.overhead_us.astype(np.float64)
-    out = np.full(L, over.max()) if known is None else np.maximum(np.asarray(known, dtype=np.float64), over.max())
+    S = slots_per_gpu
+    over_g = cluster.overhead_us.astype(np.float64)
+    out = np.full(L, over_g.max()) if known is None else np.maximum(np.asarray(known, dtype=np.float64), over_g.max())
     A = (n_e > 0).sum(axis=1)
     live = np.flatnonzero(A > 0)
     if live.size == 0:
         return out
     n_e = n_e[live]
-    Ll = live.size
-    costs = expert_cost_matrix(cluster, n_e)  # [L, E, G]
+    kind = gpu_kinds(cluster.latency_table()[1].T, over_g)  # [G]
+    first = np.unique(kind, return_index=True)[1]  # one GPU of each kind
+    size = np.bincount(kind).astype(np.float64)  # [K]
+    over = over_g[first]
     M = n_e.max(axis=1)
+    costs = expert_cost_matrix(cluster, n_e)[..., first]  # [L, E, K]
     X, tp = _piece_points(cluster, M)
+    tp = tp[..., first]
     mean_n = n_e.sum(axis=1) / A[live]
-    speed = 1.0 / np.maximum(expert_time_us(cluster, np.arange(G)[None, :], mean_n[:, None]), 1e-300)
-    lam0 = speed / speed.sum(axis=1, keepdims=True)
-    mu0 = np.zeros((Ll, G))
+    speed = 1.0 / np.maximum(expert_time_us(cluster, first[None, :], mean_n[:, None]), 1e-300)  # [L, K]
+    lam = speed / (size * speed).sum(axis=1, keepdims=True)
+    mu = np.zeros_like(lam)
 
-    def ascend(lam, mu, Xp, tpp, top, best, n_iter):
-        """Mirror ascent on lam from lam (mu held); returns the best (value, lam) per layer."""
-        blam = lam.copy()
-        for it in range(n_iter):
-            v, (T, _) = replica_lagrangian_value(costs, n_e, Xp, tpp, over, S, lam, mu, top, True)
-            up = v > best
-            best = np.where(up, v, best)
-            blam[up] = lam[up]
-            scale = np.where(np.isfinite(best) & (best > 0), best, 1.0)[:, None]
-            gl = (T - (lam * T).sum(axis=1, keepdims=True)) / scale
-            lam = lam * np.exp(np.clip(0.5 / np.sqrt(it + 1.0) * gl, -30, 30))
-            lam /= lam.sum(axis=1, keepdims=True)
-        return best, blam
+    def value(lam, Xp, tpp, top=None, grad=False, phi_n=None):
+        return replica_lagrangian_value(costs, n_e, Xp, tpp, over, S, lam, mu, top, size, grad, phi_n=phi_n)
 
-    best0 = replica_lagrangian_value(costs, n_e, X, tp, over, S, lam0, mu0)
-    # Identical GPUs: F is concave and symmetric in them, so the uniform lam (the start)
-    # is optimal among equal-mu multipliers and the ascent has nothing to find.
-    one_kind = bool(np.all(tp == tp[:, :, :1])) and bool(np.all(over == over[0]))
-    best, lam = ascend(lam0, mu0, X, tp, None, best0, 0 if one_kind else iters)
-    mu = mu0
+    best, lam_best, stale = value(lam, X, tp), lam, 0
+    # Each ascent step touches [L, E, K] several times: cap the steps on the biggest
+    # layers (256 fleet GPUs x 256 experts x 58 layers: 2 steps).
+    n_steps = 0 if len(first) == 1 else min(iters, max(2, int(REPLICA_ASCENT_WORK // costs.size)))
+    for it in range(n_steps):
+        v, T = value(lam, X, tp, grad=True)
+        stale = 0 if np.any(v > best * (1 + 1e-5)) else stale + 1
+        up = v > best
+        best, lam_best = np.where(up, v, best), np.where(up[:, None], lam, lam_best)
+        if stale >= 3:
+            break
+        p = lam * size  # a mirror step on the simplex of p_k = size_k lam_k; dF/dp_k = T_k
+        dev = T - (p * T).sum(axis=1, keepdims=True)
+        # normalised steps: the fractional plan piles work onto the cheapest kind, so raw
+        # gradients are ~K times a GPU's time and would jump between vertices
+        step = 0.03 / np.sqrt(it + 1.0) * dev / np.maximum(np.abs(dev).max(axis=1, keepdims=True), 1e-300)
+        p = p * np.exp(step)
+        lam = p / p.sum(axis=1, keepdims=True) / size
     lo = np.maximum(out[live], best)  # proven: z* >= lo
+    phi_n = (lam_best[:, None, :] * costs + mu[:, None, :]).min(axis=2)  # [L, E], the same for every z
 
-    def restricted(z, lam, mu):
-        """[L] F_z at multipliers (lam, mu): the bound on plans of time <= z."""
+    def proven(z: np.ndarray) -> np.ndarray:
+        """[L] True where F_z >= z: no plan is faster than z."""
         D = np.minimum(M, _largest_piece(tp, X, z[:, None] - over[None, :]))
         Xz, tpz = _piece_points(cluster, np.maximum(D, 1e-9))
-        v = replica_lagrangian_value(costs, n_e, Xz, tpz, over, S, lam, mu, np.maximum(D, 1e-9))
-        return np.where(D > 0, v, np.inf)
+        return (D > 0) & ~(value(lam_best, Xz, tpz[..., first], np.maximum(D, 1e-9), phi_n=phi_n) < z)
 
     hi = lo * 1.05 + 1e-9
-    for _ in range(60):  # grow hi until F_hi < hi, i.e. hi is not proven
-        proven = restricted(hi, lam, mu) >= hi
-        if not proven.any():
+    for _ in range(60):  # grow hi until it is not proven
+        ok = proven(hi)
+        if not ok.any():
             break
-        lo, hi = np.where(proven, hi, lo), np.where(proven, hi * 1.5, hi)
+        lo, hi = np.where(ok, hi, lo), np.where(ok, hi * 1.5, hi)
     for _ in range(steps):
         mid = (lo + hi) / 2
-        proven = restricted(mid, lam, mu) >= mid
-        lo, hi = np.where(proven, mid, lo), np.where(proven, hi, mid)
+        ok = proven(mid)
+        lo, hi = np.where(ok, mid, lo), np.where(ok, hi, mid)
     out[live] = np.maximum(out[live], lo)
     return out
 
