@@ -451,7 +451,7 @@ def _largest_piece(t_pts: np.ndarray, X: np.ndarray, budget: np.ndarray) -> np.n
 
 def replica_lagrangian_bounds(cluster: Cluster, expert_tokens: np.ndarray, slots_per_gpu: int,
                               known: np.ndarray | None = None, iters: int = 10,
-                              steps: int = 12) -> np.ndarray:
+                              price_steps: int = 30, steps: int = 12) -> np.ndarray:
     """Replica-aware bound for any plan with S = slots_per_gpu slots per GPU, all layers
     at once: expert_tokens [L, E] n_e -> [L] (us).
 
@@ -464,6 +464,8 @@ def replica_lagrangian_bounds(cluster: Cluster, expert_tokens: np.ndarray, slots
        then up to `iters` mirror-ascent steps on lam along the soft supergradient
        (skipped with one kind, where uniform lam is optimal for equal slot prices;
        stopped once no layer gains 1e-5 in 3 steps); the best value per layer is kept.
+       Then one slot price mu_g = m for all GPUs, by `price_steps` golden-section steps
+       (it binds where splitting experts pays and the slots run out).
     2. The makespan restriction: if a plan's time is z* <= z, none of its pieces is larger
        than D(z) = the most tokens any GPU can run within z - o_g (_largest_piece), so
        every expert needs at least ceil(n_e / D(z)) pieces and the hull is taken on
@@ -515,14 +517,37 @@ def replica_lagrangian_bounds(cluster: Cluster, expert_tokens: np.ndarray, slots
         step = 0.03 / np.sqrt(it + 1.0) * dev / np.maximum(np.abs(dev).max(axis=1, keepdims=True), 1e-300)
         p = p * np.exp(step)
         lam = p / p.sum(axis=1, keepdims=True) / size
+    # One slot price m for every GPU prices the slot budget: it only shifts phi (and its
+    # hull) by m, so the whole-expert minimum is computed once. F is concave in m:
+    # golden-section search on [0, the dearest whole expert].
+    phi0 = (lam_best[:, None, :] * costs).min(axis=2)  # [L, E]
+
+    def at_price(m: np.ndarray, Xp=X, tpp=tp, top=None, phi=phi0) -> np.ndarray:
+        return replica_lagrangian_value(costs, n_e, Xp, tpp, over, S, lam_best, m[:, None] + mu, top, size,
+                                        phi_n=phi + m[:, None])
+
+    golden = (np.sqrt(5.0) - 1) / 2
+    a, b = np.zeros(len(live)), phi0.max(axis=1)
+    c, d = b - golden * (b - a), a + golden * (b - a)
+    fc, fd = at_price(c), at_price(d)
+    m_best = np.zeros(len(live))
+    for _ in range(price_steps):
+        for m, f in ((c, fc), (d, fd)):
+            up = f > best
+            best, m_best = np.where(up, f, best), np.where(up, m, m_best)
+        left = fc >= fd  # the maximum lies in [a, d]
+        a, b = np.where(left, a, c), np.where(left, d, b)
+        c_new, d_new = b - golden * (b - a), a + golden * (b - a)
+        f_new = at_price(np.where(left, c_new, d_new))
+        fc, fd, c, d = (np.where(left, f_new, fd), np.where(left, fc, f_new),
+                        np.where(left, c_new, d), np.where(left, c, d_new))
     lo = np.maximum(out[live], best)  # proven: z* >= lo
-    phi_n = (lam_best[:, None, :] * costs + mu[:, None, :]).min(axis=2)  # [L, E], the same for every z
 
     def proven(z: np.ndarray) -> np.ndarray:
         """[L] True where F_z >= z: no plan is faster than z."""
         D = np.minimum(M, _largest_piece(tp, X, z[:, None] - over[None, :]))
         Xz, tpz = _piece_points(cluster, np.maximum(D, 1e-9))
-        return (D > 0) & ~(value(lam_best, Xz, tpz[..., first], np.maximum(D, 1e-9), phi_n=phi_n) < z)
+        return (D > 0) & ~(at_price(m_best, Xz, tpz[..., first], np.maximum(D, 1e-9)) < z)
 
     hi = lo * 1.05 + 1e-9
     for _ in range(60):  # grow hi until it is not proven
