@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test fuzz bench mutation clean test-engines
+.PHONY: demo test fuzz property-runs bench mutation clean test-engines
 
 $(STAMP): pyproject.toml requirements/pins.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ test: $(STAMP)
 # Property tests with random examples (make test draws a fixed, derandomized set).
 fuzz: $(STAMP)
 	VIBE_HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -k "not slow" tests
+
+# The property tests again and again, a fresh random seed each run (stops at a failure).
+RUNS ?= 200
+property-runs: $(STAMP)
+	$(BIN)/python tools/property_runs.py --runs $(RUNS)
 
 # Opt-in: vibe's vLLM / SGLang plug-ins through the engines' own code (pinned releases,
 # their Python files only, in a separate venv; not part of `make test`).

@@ -14,6 +14,8 @@ from hypothesis import settings
 # turns red on an unrelated change; `make fuzz` runs the random profile with more examples.
 settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
 settings.register_profile("fuzz", derandomize=False, database=None, max_examples=400, print_blob=True)
+# `make property-runs`: the random profile at hypothesis' default size, one seed per run
+settings.register_profile("seeded", derandomize=False, database=None, print_blob=True)
 settings.load_profile(os.environ.get("VIBE_HYPOTHESIS_PROFILE", "ci"))
 
 ROOT = Path(__file__).resolve().parents[1]
