@@ -62,7 +62,7 @@ MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
                   "src/vibe/policies/eplb.py"], ["tests/test_policies.py"], None),
     "timebalance": (["src/vibe/policies/_timebalance.py", "src/vibe/policies/vibe.py"],
                     ["tests/test_worked_examples.py", "tests/test_vibe_policy.py", "tests/test_robust.py"], None),
-    "exact": (["src/vibe/policies/exact.py"], ["tests/test_exact.py"], None),
+    "exact": (["src/vibe/policies/exact.py"], ["tests/test_exact.py", "tests/test_exact_examples.py"], None),
     "recal-drift": (["src/vibe/recal/drift.py"], ["tests/test_recal_drift.py", "tests/test_recal_drift_examples.py"],
                     None),
     "recal-repair": (["src/vibe/recal/repair.py"], ["tests/test_recal.py"], None),
