@@ -347,7 +347,7 @@ def replica_lagrangian_value(costs: np.ndarray, n_e: np.ndarray, X: np.ndarray, 
                              overhead_us: np.ndarray, slots_per_gpu: int, lam: np.ndarray, mu: np.ndarray,
                              top: np.ndarray | None = None, size: np.ndarray | None = None,
                              with_subgradient: bool = False, tau: float = 1e-3,
-                             phi_n: np.ndarray | None = None):
+                             phi_n: np.ndarray | None = None, with_pieces: bool = False):
     """A lower bound on any plan's layer time (replicas and replica weights included)
     for GPU weights lam [L, K] (>= 0, sum_k size_k lam_k = 1) and slot prices mu [L, K]
     (>= 0), where the K columns are GPU kinds of size [K] identical GPUs (default: one
@@ -357,7 +357,8 @@ def replica_lagrangian_value(costs: np.ndarray, n_e: np.ndarray, X: np.ndarray, 
     on (0, D] with D >= every piece's size; top: [L] that D when it is below n_e for some
     expert (the makespan-z restriction of replica_lagrangian_bounds): expert e then needs
     at least ceil(n_e / D) pieces. phi_n: [L, E] min_k (lam_k costs + mu_k) when the
-    caller has it (it does not depend on D). Returns [L] values (inf: no plan fits the restriction),
+    caller has it (it does not depend on D). with_pieces: also return [L] the pieces the
+    value uses (sum of the chosen r, ties to fewer). Returns [L] values (inf: no plan fits the restriction),
     and with with_subgradient also T [L, K]: the per-GPU time of each kind in the
     fractional plan behind the value, the supergradient in p_k = size_k lam_k.
 
@@ -402,6 +403,9 @@ def replica_lagrangian_value(costs: np.ndarray, n_e: np.ndarray, X: np.ndarray, 
     feasible = (np.where(active, r_min, 0).sum(axis=1) <= G * S) & np.all(~active | np.isfinite(best), axis=1)
     value = (size * (lam * overhead_us - S * mu)).sum(1) + np.where(active, best, 0.0).sum(1)
     value = np.where(feasible, value, np.inf)
+    if with_pieces:
+        r_split = np.take_along_axis(cand, split.argmin(axis=-1)[..., None], -1)[..., 0]
+        return value, np.where(active, np.where(one <= split.min(axis=-1), 1.0, r_split), 0.0).sum(axis=1)
     if not with_subgradient:
         return value
     # The fractional plan behind the value: whole experts spread over the kinds nearly
@@ -518,9 +522,15 @@ def replica_lagrangian_bounds(cluster: Cluster, expert_tokens: np.ndarray, slots
         p = p * np.exp(step)
         lam = p / p.sum(axis=1, keepdims=True) / size
     # One slot price m for every GPU prices the slot budget: it only shifts phi (and its
-    # hull) by m, so the whole-expert minimum is computed once. F is concave in m:
-    # golden-section search on [0, the dearest whole expert].
+    # hull) by m, so the whole-expert minimum is computed once. F is concave in m with
+    # slope (pieces used) - G S at m = 0+: where no layer's pieces exceed the slots, m = 0
+    # is optimal (the usual case: on GPU curves t(n) / n falls, so no expert is split);
+    # else golden-section search on [0, the dearest whole expert].
     phi0 = (lam_best[:, None, :] * costs).min(axis=2)  # [L, E]
+    _, pieces = replica_lagrangian_value(costs, n_e, X, tp, over, S, lam_best, mu, None, size,
+                                         phi_n=phi0, with_pieces=True)
+    if not np.any(pieces > size.sum() * S):
+        price_steps = 0
 
     def at_price(m: np.ndarray, Xp=X, tpp=tp, top=None, phi=phi0) -> np.ndarray:
         return replica_lagrangian_value(costs, n_e, Xp, tpp, over, S, lam_best, m[:, None] + mu, top, size,
@@ -529,7 +539,7 @@ def replica_lagrangian_bounds(cluster: Cluster, expert_tokens: np.ndarray, slots
     golden = (np.sqrt(5.0) - 1) / 2
     a, b = np.zeros(len(live)), phi0.max(axis=1)
     c, d = b - golden * (b - a), a + golden * (b - a)
-    fc, fd = at_price(c), at_price(d)
+    fc, fd = (at_price(c), at_price(d)) if price_steps else (best, best)
     m_best = np.zeros(len(live))
     for _ in range(price_steps):
         for m, f in ((c, fc), (d, fd)):
