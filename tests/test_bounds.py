@@ -188,3 +188,31 @@ def test_identical_gpus_skip_the_ascent_and_layers_are_independent():
     alone = [replica_bound(cluster, r, S) for r in rows]
     assert together == pytest.approx(alone, rel=1e-9)
     assert together[1] == pytest.approx(cluster.overhead_us.max())
+
+
+def test_evaluate_names_the_bound_it_reports(tmp_path, capsys):
+    import json
+
+    from vibe.cli import main
+    from vibe.synth import synth_cluster, synth_loads
+
+    synth_cluster(4, scenario="power-cap", seed=1).save(tmp_path / "c.json")
+    loads = synth_loads(2, 8, 2, seed=1)
+    loads.save(tmp_path / "l.json")
+    files = ["--cluster", str(tmp_path / "c.json"), "--loads", str(tmp_path / "l.json")]
+    for redundant, word in ((4, "replica-aware"), (0, "LP relaxation")):
+        plan = tmp_path / f"p{redundant}.json"
+        assert main(["place", *files, "--out", str(plan), "--redundant", str(redundant)]) == 0
+        capsys.readouterr()
+        assert main(["evaluate", *files, "--placement", str(plan), "--batch-tokens", "512"]) == 0
+        assert f"lower bound: {bounds.bound_kind(8 + redundant, 8)}" in capsys.readouterr().out
+        assert main(["evaluate", *files, "--placement", str(plan), "--batch-tokens", "512", "--json"]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        assert word in doc["lower_bound"]
+        # the reported bound is the replica-aware one where the plan has replicas
+        n = loads.expert_tokens(512.0)
+        lb = bounds.layer_lower_bounds(loads, synth_cluster(4, scenario="power-cap", seed=1), 512.0, 8 + redundant)
+        assert doc["operating_points"][0]["lower_bound_us"] == pytest.approx(lb.sum())
+        if redundant:
+            rep = bounds.replica_lagrangian_bounds(synth_cluster(4, scenario="power-cap", seed=1), n, 3)
+            assert lb.sum() >= rep.sum() * (1 - 2e-5)

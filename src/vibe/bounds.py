@@ -2,10 +2,11 @@
 
 `layer_lower_bounds(loads, cluster, B, num_slots) -> [L]`: for every layer a time no
 placement with `num_slots` slots per layer can beat, the maximum of the bounds that
-apply (docs/cost-model.md proves each one). Plans with replicas get the fluid,
-active-slots and slot-work bounds; plans without replicas also the LP relaxation of the
-assignment (HiGHS, or its Lagrangian dual on big layers), the hottest-expert and the
-cheapest-slots bounds.
+apply (docs/cost-model.md proves each one). Every plan gets the fluid, active-slots and
+slot-work bounds; plans with replicas also the replica-aware Lagrangian bound (experts
+cut into pieces priced by GPU weights and slot prices); plans without replicas the LP
+relaxation of the assignment (HiGHS, or its Lagrangian dual on big layers), the
+hottest-expert and the cheapest-slots bounds.
 """
 
 from __future__ import annotations
@@ -599,12 +600,21 @@ def lp_bounds(costs: np.ndarray, overhead_us: np.ndarray, slots_per_gpu: int,
     return out
 
 
+def bound_kind(num_slots: int, num_experts: int) -> str:
+    """Which bounds layer_lower_bounds takes the maximum of for a plan of that shape, in
+    words (what `vibe evaluate` prints beside its lower bound)."""
+    if num_slots > num_experts:
+        return "replica-aware Lagrangian bound, max with the slot-work bound (replicas)"
+    return "LP relaxation of the assignment, max with the hottest-expert, cheapest-slots and slot-work bounds"
+
+
 def layer_lower_bounds(loads: ExpertLoads, cluster: Cluster, batch_tokens: float, num_slots: int) -> np.ndarray:
     """[L] lower bound on every layer's time for any plan with `num_slots` slots per layer.
 
     Any plan: the slot-work bound (started from the cheaper fluid and active-slots
-    bounds it implies). Without replicas (num_slots == E) also the LP bound, the
-    hottest-expert bound and the cheapest-slots bound; the maximum of all of them.
+    bounds it implies). With replicas (num_slots > E) also the replica-aware Lagrangian
+    bound (replica_lagrangian_bounds); without (num_slots == E) the LP bound, the
+    hottest-expert bound and the cheapest-slots bound; the maximum of all that apply.
     """
     n_e = loads.expert_tokens(batch_tokens)
     over = cluster.overhead_us

@@ -223,6 +223,7 @@ def _check_finite(points, source: str) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from vibe.bounds import bound_kind  # which bound the lower-bound column is
     cluster = load_cluster(args.cluster, args.comm)
     loads = ExpertLoads.load(args.loads)
     placement = Placement.load(args.placement)
@@ -239,6 +240,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         out = {"policy": placement.policy, "num_gpus": cluster.num_gpus,
                "num_slots": placement.num_slots,
+               "lower_bound": None if args.no_lower_bound else bound_kind(placement.num_slots, loads.num_experts),
                "weighted_moe_time_us": weighted_moe_time(points),
                "operating_points": [p.to_dict() for p in points]}
         if steps:
@@ -256,6 +258,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                       "-" if p.ratio_to_lb is None else f"{p.ratio_to_lb:.4f}",
                       f"{p.imbalance:.4f}", f"{100 * p.idle_fraction:.1f}%")
     console.print(table)
+    if not args.no_lower_bound:
+        console.print(f"lower bound: {bound_kind(placement.num_slots, loads.num_experts)}")
     if steps:
         console.print(f"per-step MoE time over {args.samples} batches re-sampled from {args.traces}: " + ", ".join(
             f"B={s.batch_tokens:g}: mean {fmt_us(s.mean_us)} (p95 {fmt_us(s.p95_us)}, "
