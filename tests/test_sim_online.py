@@ -7,6 +7,7 @@ All but the last test use synthetic inputs (no ../shared needed): the Mixtral-8x
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -230,7 +231,8 @@ def test_cli_online_plot_and_json(tmp_path, capsys, setup):
 
 def test_esft_switch_drifts_vibe_repairs(esft_dir):
     """Real ESFT routing: a plan for 'intent' meets 'law' traffic; the vibe policy's
-    workload detector fires after the switch and its repair lowers the predicted time."""
+    workload detector fires after the switch and its repair lowers the predicted time.
+    One repair round (an ESFT repair takes seconds; the rounds are tested above)."""
     from vibe.engines.esft import load_esft_loads
 
     intent, law = load_esft_loads(esft_dir / "intent"), load_esft_loads(esft_dir / "law")
@@ -238,12 +240,15 @@ def test_esft_switch_drifts_vibe_repairs(esft_dir):
     opts = PlacementOptions(redundant=16)
     plan = place(intent, cluster, "vibe", opts)
     model = PRESETS["deepseek-v2-lite"]
-    pol = Timed(make_online(OnlineConfig("vibe", max_moves=16, options=opts), cluster, intent, plan, model))
+    pol = Timed(make_online(OnlineConfig("vibe", max_moves=16, rounds=1, options=opts), cluster, intent, plan, model))
     sc = Scenario((RoutingSwitch(0.6, law),))
     simulate(poisson_workload(100, 1.5, 512, 16, seed=0), cluster, intent, plan, model, scenario=sc, online=pol)
     acts = [(t, a) for t, a in pol.log if a is not None]
     assert acts and all(t > 0.6 for t, _ in acts) and all(a.moves <= 16 for _, a in acts)
     assert "workload drift" in acts[0][1].reason
+    before, after = (float(x.replace(",", "")) for x in re.search(r"predicted ([\d,.]+) -> ([\d,.]+) us",
+                                                                   acts[0][1].reason).groups())
+    assert after < before
 
 
 def test_events_past_the_end_of_the_arrivals_warn(tmp_path, capsys, setup):
