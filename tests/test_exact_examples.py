@@ -199,7 +199,7 @@ def test_the_progress_bar_goes_to_a_terminal_stderr_and_is_erased_when_done(monk
     monkeypatch.delenv("NO_COLOR", raising=False)
     out, err = run_with_streams(monkeypatch, FakeTerminal())
     assert out == ""  # stdout stays clean for pipes
-    assert "exact: MILP per layer" in err and "100%" in err  # two rows of two: done
+    assert "\x1b[2Kexact: MILP per layer " in err and "100%" in err  # its title at the line's start; 2 rows of 2
     assert err.endswith("\x1b[1A\x1b[2K")  # transient: the bar's line is erased at the end
 
 
