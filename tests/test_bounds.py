@@ -105,6 +105,20 @@ def test_the_makespan_restriction_forces_pieces_the_slots_cannot_hold():
     assert brute_force_layer(unit, n_e, 2) == pytest.approx(31.0)
 
 
+def test_floors_limit_the_pieces_a_fast_plan_can_run():
+    # Experts of 20 and 2 tokens on 2 GPUs x 2 slots, curve CONVEX. Whole, the 20 takes
+    # t(20) = 30 us; split, some GPU runs two pieces, at least 2 x 10 us floor: the
+    # optimum is 20. The average work of the best split (10 + 10 for the 20, 10 for the
+    # 2) is 15, and slot work pools 11 tokens per GPU: t(11) = 12. Under z < 20 a GPU
+    # fits one piece only (two cost 20), so the 20 stays whole, which needs
+    # t(20) = 30 > z: no plan is faster than 20.
+    n_e = np.array([20.0, 2.0])
+    assert float(bounds.slot_work_bound(CONVEX, n_e[None, :], 2)[0]) == pytest.approx(12.0, rel=1e-6)
+    lb = replica_bound(CONVEX, n_e, 2)
+    assert 20.0 * (1 - 1e-4) <= lb <= 20.0
+    assert brute_force_layer(CONVEX, n_e, 2) == pytest.approx(20.0)
+
+
 # ---- never above the brute-force optimum or any policy's plan -------------------------
 def tiny_case(seed: int):
     """(cluster, n_e, S): 2-3 GPUs with their own 2-3 point curves and overheads,

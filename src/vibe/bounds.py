@@ -348,7 +348,8 @@ def replica_lagrangian_value(costs: np.ndarray, n_e: np.ndarray, X: np.ndarray, 
                              overhead_us: np.ndarray, slots_per_gpu: int, lam: np.ndarray, mu: np.ndarray,
                              top: np.ndarray | None = None, size: np.ndarray | None = None,
                              with_subgradient: bool = False, tau: float = 1e-3,
-                             phi_n: np.ndarray | None = None, with_pieces: bool = False):
+                             phi_n: np.ndarray | None = None, with_pieces: bool = False,
+                             usable: np.ndarray | None = None):
     """A lower bound on any plan's layer time (replicas and replica weights included)
     for GPU weights lam [L, K] (>= 0, sum_k size_k lam_k = 1) and slot prices mu [L, K]
     (>= 0), where the K columns are GPU kinds of size [K] identical GPUs (default: one
@@ -358,12 +359,15 @@ def replica_lagrangian_value(costs: np.ndarray, n_e: np.ndarray, X: np.ndarray, 
     on (0, D] with D >= every piece's size; top: [L] that D when it is below n_e for some
     expert (the makespan-z restriction of replica_lagrangian_bounds): expert e then needs
     at least ceil(n_e / D) pieces. phi_n: [L, E] min_k (lam_k costs + mu_k) when the
-    caller has it (it does not depend on D). with_pieces: also return [L] the pieces the
+    caller has it (it does not depend on D). usable: [L, K] slots with tokens a GPU of
+    each kind can run within the restriction (default S; at most S). with_pieces: also return [L] the pieces the
     value uses (sum of the chosen r, ties to fewer). Returns [L] values (inf: no plan fits the restriction),
     and with with_subgradient also T [L, K]: the per-GPU time of each kind in the
     fractional plan behind the value, the supergradient in p_k = size_k lam_k.
 
-    Why it is a bound: a plan's slots with tokens ("pieces") on GPU g number a_g <= S, so
+    Why it is a bound: a plan's slots with tokens ("pieces") on GPU g number a_g <= S
+    (<= usable_g under a makespan restriction: each piece costs at least the curve's
+    minimum there), so
     for any of its GPUs' times T_g, z = max_g T_g >= sum_g lam_g T_g + sum_g mu_g (a_g - S)
     = sum_g lam_g o_g - S sum_g mu_g + sum over pieces (lam_g t_g(x) + mu_g). A piece of x
     tokens costs at least phi(x) = min_g (lam_g t_g(x) + mu_g); expert e in r pieces
@@ -372,11 +376,13 @@ def replica_lagrangian_value(costs: np.ndarray, n_e: np.ndarray, X: np.ndarray, 
     r of that is what each expert adds. r h(n / r) is convex in r (a perspective) and
     equals n h(y) / y at y = n / r, smallest where h(y) / y is (a hull vertex y*): the
     best r >= 2 is floor or ceil of n / y*, clipped to [max(2, r_min), r_max] with
-    r_max = G S - (active experts - 1), the most pieces one expert can get.
+    r_max = sum_g usable_g - (active experts - 1), the most pieces one expert can get.
     """
     L, E, K = costs.shape
     size = np.ones(K) if size is None else np.asarray(size, dtype=np.float64)
-    G, S = int(round(size.sum())), slots_per_gpu
+    S = slots_per_gpu
+    usable = np.full((L, K), float(S)) if usable is None else usable
+    total = (size * usable).sum(axis=1)  # [L] pieces all GPUs can hold
     active = n_e > 0
     A = active.sum(axis=1)
     piece = lam[:, None, :] * t_pts + mu[:, None, :]  # [L, Q, K]
@@ -393,16 +399,17 @@ def replica_lagrangian_value(costs: np.ndarray, n_e: np.ndarray, X: np.ndarray, 
         phi_n = whole.min(axis=2)  # [L, E]
     D = X[:, -1:] if top is None else top[:, None]
     r_min = np.maximum(np.ceil(n_e / D * (1 - 1e-12)), 1.0)  # erring low keeps it a bound
-    r_max = (G * S - A + 1).astype(np.float64)[:, None]
+    r_max = (total - A + 1)[:, None]
     lo2 = np.maximum(r_min, 2.0)
     rc = n_e / np.maximum(y_star, 1e-300)
-    cand = np.stack([np.clip(np.floor(rc), lo2, r_max), np.clip(np.ceil(rc), lo2, r_max)], axis=-1)  # [L, E, 2]
+    # floor or ceil of the best real r, within [lo2, r_max] (masked below if that is empty)
+    cand = np.maximum(np.minimum(np.stack([np.floor(rc), np.ceil(rc)], axis=-1), r_max[..., None]), lo2[..., None])
     h, seg, a = _interp_rows(X, H, (n_e[..., None] / cand).reshape(L, -1))
     split = np.where(lo2[..., None] <= r_max[..., None], cand * h.reshape(L, E, 2), np.inf)
     one = np.where(r_min <= 1, phi_n, np.inf)
     best = np.minimum(one, split.min(axis=-1))
-    feasible = (np.where(active, r_min, 0).sum(axis=1) <= G * S) & np.all(~active | np.isfinite(best), axis=1)
-    value = (size * (lam * overhead_us - S * mu)).sum(1) + np.where(active, best, 0.0).sum(1)
+    feasible = (np.where(active, r_min, 0).sum(axis=1) <= total) & np.all(~active | np.isfinite(best), axis=1)
+    value = (size * (lam * overhead_us - usable * mu)).sum(1) + np.where(active, best, 0.0).sum(1)
     value = np.where(feasible, value, np.inf)
     if with_pieces:
         r_split = np.take_along_axis(cand, split.argmin(axis=-1)[..., None], -1)[..., 0]
@@ -474,8 +481,10 @@ def replica_lagrangian_bounds(cluster: Cluster, expert_tokens: np.ndarray, slots
     2. The makespan restriction: if a plan's time is z* <= z, none of its pieces is larger
        than D(z) = the most tokens any GPU can run within z - o_g (_largest_piece), so
        every expert needs at least ceil(n_e / D(z)) pieces and the hull is taken on
-       (0, D(z)]; that restricted value F_z bounds z*. Either z* > z or z* >= F_z, so
-       z* >= z wherever F_z >= z: `steps` bisection steps on z for the largest such z.
+       (0, D(z)]; and a GPU runs at most floor((z - o_g) / least piece cost) pieces, so
+       the slot budget shrinks. That restricted value F_z bounds z*. Either z* > z or
+       z* >= F_z, so z* >= z wherever F_z >= z: `steps` bisection steps on z for the
+       largest such z.
     known: [L] bounds already proven; the result is at least those.
     """
     n_e = np.asarray(expert_tokens, dtype=np.float64)
@@ -533,9 +542,9 @@ def replica_lagrangian_bounds(cluster: Cluster, expert_tokens: np.ndarray, slots
     if not np.any(pieces > size.sum() * S):
         price_steps = 0
 
-    def at_price(m: np.ndarray, Xp=X, tpp=tp, top=None, phi=phi0) -> np.ndarray:
+    def at_price(m: np.ndarray, Xp=X, tpp=tp, top=None, usable=None) -> np.ndarray:
         return replica_lagrangian_value(costs, n_e, Xp, tpp, over, S, lam_best, m[:, None] + mu, top, size,
-                                        phi_n=phi + m[:, None])
+                                        phi_n=phi0 + m[:, None], usable=usable)
 
     golden = (np.sqrt(5.0) - 1) / 2
     a, b = np.zeros(len(live)), phi0.max(axis=1)
@@ -553,12 +562,16 @@ def replica_lagrangian_bounds(cluster: Cluster, expert_tokens: np.ndarray, slots
         fc, fd, c, d = (np.where(left, f_new, fd), np.where(left, fc, f_new),
                         np.where(left, c_new, d), np.where(left, c, d_new))
     lo = np.maximum(out[live], best)  # proven: z* >= lo
+    cheapest = np.maximum(tp.min(axis=1), 1e-300)  # [L, K] least a piece costs
 
     def proven(z: np.ndarray) -> np.ndarray:
         """[L] True where F_z >= z: no plan is faster than z."""
-        D = np.minimum(M, _largest_piece(tp, X, z[:, None] - over[None, :]))
+        budget = z[:, None] - over[None, :]  # [L, K]
+        D = np.minimum(M, _largest_piece(tp, X, budget))
+        # a piece costs at least the curve's minimum on (0, M]: so many fit in the budget
+        usable = np.clip(np.floor(budget / cheapest * (1 + 1e-12)), 0, S)
         Xz, tpz = _piece_points(cluster, np.maximum(D, 1e-9))
-        return (D > 0) & ~(at_price(m_best, Xz, tpz[..., first], np.maximum(D, 1e-9)) < z)
+        return (D > 0) & ~(at_price(m_best, Xz, tpz[..., first], np.maximum(D, 1e-9), usable) < z)
 
     hi = lo * 1.05 + 1e-9
     for _ in range(60):  # grow hi until it is not proven
