@@ -171,7 +171,8 @@ class Cluster:
         for i, raw in enumerate(raw_gpus):
             gpus.append(_gpu_from_dict(raw, i, source))
         gpus.sort(key=lambda g: g.rank)
-        expert = obj.get("expert") or {}
+        expert = obj.get("expert")
+        expert = {} if expert is None else expert  # [] or 0 are mistakes, not "no expert block"
         if not isinstance(expert, dict):
             raise InputError(source, "'expert' must be an object")
         network = obj.get("network")
@@ -211,11 +212,16 @@ def _gpu_from_dict(raw: Any, index: int, source: object) -> GpuProfile:
     us = numeric_array(lat.get("us"), f"{where}.latency.us", source, 1)
     rank = json_int(raw.get("rank", index), f"{where}.rank", source, lo=0)
     node = json_int(raw.get("node", 0), f"{where}.node", source, lo=0)
+    overhead = raw.get("overhead_us", 0.0)
+    # float() would also take "12" or true: a JSON number is required, as for the curve
+    if not isinstance(overhead, (int, float)) or isinstance(overhead, bool):
+        raise InputError(source, f"{where}: overhead_us must be a number")
     try:
-        overhead = float(raw.get("overhead_us", 0.0))
-    except (TypeError, ValueError):
-        raise InputError(source, f"{where}: overhead_us must be a number") from None
-    telemetry = raw.get("telemetry") or {}
+        overhead = float(overhead)
+    except OverflowError:  # a JSON integer past float range (1e400 written out): refused below
+        overhead = np.inf if overhead > 0 else -np.inf
+    telemetry = raw.get("telemetry")
+    telemetry = {} if telemetry is None else telemetry  # [] or 0 are mistakes, not "none"
     if not isinstance(telemetry, dict):
         raise InputError(source, f"{where}.telemetry must be an object")
     extra = {k: v for k, v in raw.items()
