@@ -176,7 +176,7 @@ def test_window_sums_are_exact_for_float32_dumps():
     det = WorkloadDriftDetector(ExpertLoads(np.ones((1, 2)), top_k=1), window=2)
     det.update(np.array([[2.0**24, 0.0]], dtype=np.float32))
     det.update(np.array([[1.0, 0.0]], dtype=np.float32))
-    assert det.window_counts()[0, 0] == 2**24 + 1
+    assert det.window_counts()[0, 0].item() == 2**24 + 1  # .item(): compared as a Python number
 
 
 # ---- two hand-made GPUs ------------------------------------------------------------------
