@@ -62,6 +62,7 @@ def test_stall_and_the_smallest_gain_that_pays_a_move():
             min_gain_per_move(fp8, bad)
         assert str(exc.value) == "horizon must be > 0 steps"
     assert min_gain_per_move(fp8, 1e-9) > 0
+    assert stall_us(1e9, 0.5) == pytest.approx(2e6, rel=1e-12)  # a slow link below 1 GB/s is a link
 
 
 def a_repair(before, after, n_moves, size) -> Repair:
@@ -326,3 +327,31 @@ def test_rehoming_a_lost_gpus_experts_comes_first_and_must_fit_the_budget():
     with pytest.raises(VibeError) as exc:
         repair_placement(plan, loads, cluster, opts, max_moves=0, down_gpus=[2])
     assert str(exc.value) == "re-homing the experts of lost GPU(s) [2] needs 1 moves (300 bytes), more than the budget"
+
+
+# ---- the full re-solve it is compared with -----------------------------------------------------------
+def test_full_resolve_is_the_policy_with_the_callers_options_on_the_live_gpus_only():
+    """4 GPUs x 4 slots, 12 experts (--redundant 4). Without a loss: exactly `vibe place`
+    with the caller's options (here one operating point), slots aligned. GPU 2 lost: the
+    policy runs on GPUs 0, 1, 3 renumbered 0, 1, 2 with 3 x 4 - 12 = 0 replicas, the lost
+    GPU's slots keep their experts with replica weight 0."""
+    from vibe.policies import place
+    from vibe.recal import full_resolve
+    from vibe.synth import synth_cluster
+    from vibe.synth.loads import synth_loads
+
+    cluster = synth_cluster(4, scenario="power-cap", seed=0)
+    old, new = synth_loads(2, 12, 2, seed=0, layer_ids=(1, 2)), synth_loads(2, 12, 2, seed=1, layer_ids=(1, 2))
+    opts = PlacementOptions(batch_tokens=(4096.0,), weights=(1.0,), redundant=4)
+    plan = place(old, cluster, "vibe", opts)
+    fresh = full_resolve(plan, new, cluster, opts)
+    assert count_moves(fresh, place(new, cluster, "vibe", opts)) == 0
+    lost = full_resolve(plan, new, cluster, opts, down_gpus=[2])
+    sub = cluster.with_gpus([dataclasses.replace(cluster.gpus[g], rank=i) for i, g in enumerate([0, 1, 3])])
+    alone = place(new, sub, "vibe", dataclasses.replace(opts, redundant=0)).physical_to_logical_map  # [2, 12]
+    phy = lost.physical_to_logical_map
+    for l in range(2):
+        for i, g in enumerate([0, 1, 3]):
+            assert sorted(phy[l, 4 * g:4 * g + 4]) == sorted(alone[l, 4 * i:4 * i + 4])
+    assert np.array_equal(phy[:, 8:12], plan.physical_to_logical_map[:, 8:12])  # GPU 2 keeps its experts
+    assert lost.replica_weights[:, 8:12].max() == 0 and lost.extra["down_gpus"] == [2]
