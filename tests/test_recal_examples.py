@@ -104,6 +104,14 @@ def test_count_moves_and_align_slots_on_a_two_gpu_plan():
     assert align_slots(old, plan_of([[2, 0, 1, 3]], 2)).replica_weights is None
 
 
+def test_align_slots_with_more_slots_than_gpus():
+    """2 GPUs x 3 slots. Old [0 1 2 | 3 4 5], new [5 2 0 | 1 4 3]: GPU 0 keeps 0 and 2
+    (slots 0 and 2), its new expert 5 takes slot 1; GPU 1 keeps 3 and 4, 1 takes slot 5."""
+    old, new = plan_of([[0, 1, 2, 3, 4, 5]], 2), plan_of([[5, 2, 0, 1, 4, 3]], 2)
+    assert align_slots(old, new).physical_to_logical_map.tolist() == [[0, 5, 2, 3, 4, 1]]
+    assert count_moves(old, new) == 2
+
+
 def test_count_moves_counts_replicas_as_multisets_and_layers_apart():
     """Layer 1: old GPU 0 holds expert 0 twice [0 0 | 1 2]; new [0 1 | 0 2]: GPU 0 keeps
     one 0 (one move), GPU 1 keeps 2 (one move). Layer 2 only reorders slots within its
@@ -343,9 +351,10 @@ def test_full_resolve_is_the_policy_with_the_callers_options_on_the_live_gpus_on
     cluster = synth_cluster(4, scenario="power-cap", seed=0)
     old, new = synth_loads(2, 12, 2, seed=0, layer_ids=(1, 2)), synth_loads(2, 12, 2, seed=1, layer_ids=(1, 2))
     opts = PlacementOptions(batch_tokens=(4096.0,), weights=(1.0,), redundant=4)
-    plan = place(old, cluster, "vibe", opts)
+    plan = dataclasses.replace(place(old, cluster, "vibe", opts), policy="eplb", extra={"note": "kept"})
     fresh = full_resolve(plan, new, cluster, opts)
     assert count_moves(fresh, place(new, cluster, "vibe", opts)) == 0
+    assert fresh.extra == {"note": "kept"} and fresh.policy == "vibe"
     lost = full_resolve(plan, new, cluster, opts, down_gpus=[2])
     sub = cluster.with_gpus([dataclasses.replace(cluster.gpus[g], rank=i) for i, g in enumerate([0, 1, 3])])
     alone = place(new, sub, "vibe", dataclasses.replace(opts, redundant=0)).physical_to_logical_map  # [2, 12]
@@ -354,4 +363,5 @@ def test_full_resolve_is_the_policy_with_the_callers_options_on_the_live_gpus_on
         for i, g in enumerate([0, 1, 3]):
             assert sorted(phy[l, 4 * g:4 * g + 4]) == sorted(alone[l, 4 * i:4 * i + 4])
     assert np.array_equal(phy[:, 8:12], plan.physical_to_logical_map[:, 8:12])  # GPU 2 keeps its experts
-    assert lost.replica_weights[:, 8:12].max() == 0 and lost.extra["down_gpus"] == [2]
+    assert lost.replica_weights[:, 8:12].max() == 0
+    assert lost.extra == {"note": "kept", "down_gpus": [2]} and lost.policy == "vibe"
