@@ -148,6 +148,7 @@ CONSTRUCTOR_MESSAGES = [
     ((_gpu(), _gpu(rank=1, us=(2.0, 1.0))), "gpu rank 1: latency curve is not monotone (drops after 1 tokens)"),
     ((_gpu(us=(0.0, 1.0)),), "gpu rank 0: latency must be positive"),
     ((_gpu(tokens=(0.0, 1.0)),), "gpu rank 0: latency tokens must be positive and strictly increasing"),
+    ((_gpu(us=(1.0, 1e11)),), f"gpu rank 0: {BIG}"),
 ]
 
 
@@ -167,7 +168,8 @@ def test_gpu_and_cluster_to_dict_by_hand(tmp_path):
     assert c.extra == {"site": "lab"} and c.network is None
     on = c.with_network({"latency_us": 7})
     assert on.to_dict() == d | {"network": {"latency_us": 7}}
-    assert Cluster.from_dict(on.to_dict()).network == {"latency_us": 7}
+    back = Cluster.from_dict(on.to_dict())
+    assert back.network == {"latency_us": 7} and back.extra == {"site": "lab"}  # not kept twice
 
 
 def test_gpu_defaults_and_extra_keys_from_a_file():
@@ -207,6 +209,19 @@ def test_latency_table_by_hand():
     assert np.allclose(us[1], [4, 4, 4 + 8 * 4 / 48, 8, 8 + 50 * 12 / 150, 20], rtol=1e-12, atol=0)
     # computed once: the cost model calls it for every evaluation
     assert c.latency_table() is c.latency_table()
+
+
+def test_latency_table_holds_each_curve_exactly_inside_its_range():
+    """Inside a curve's own points the table holds np.interp's values bit for bit; only
+    past its last point does the last segment's line take over. (GPU 0 at 5 tokens:
+    2 + 5 * 2 / 7 = 24 / 7, which the line written from (10, 7) backwards rounds to a
+    different last bit.)"""
+    c = Cluster(gpus=(_gpu(0, (1, 3, 10), (1, 2, 7)), _gpu(1, (5, 20), (1, 2))))
+    grid, us = c.latency_table()
+    assert grid.tolist() == [1, 3, 5, 10, 20]
+    assert us[0, :4].tolist() == np.interp(grid[:4], [1, 3, 10], [1, 2, 7]).tolist()
+    assert us[1, 2:].tolist() == np.interp(grid[2:], [5, 20], [1, 2]).tolist()
+    assert us[0, 4] == 7 + (5 / 7) * 10 and us[1, :2].tolist() == [1, 1]
 
 
 def test_init_by_curves_by_hand():
@@ -351,6 +366,26 @@ LOADS_CONSTRUCTOR_MESSAGES = [
 @pytest.mark.parametrize("args,problem", LOADS_CONSTRUCTOR_MESSAGES)
 def test_loads_constructor_errors_name_the_loads(args, problem):
     assert _message(ExpertLoads, *args) == f"loads: {problem}"
+
+
+def test_overflowing_counts_are_an_error_not_a_warning():
+    """The overflow check sums in float64 on purpose; numpy's RuntimeWarning about it
+    must not reach the user's terminal next to the one-line error."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _message(ExpertLoads, np.array([[1e308, 1e308]]), 1) == \
+            "loads: counts too large: a layer's total overflows"
+
+
+def test_check_counts_returns_float64():
+    from vibe.model.loads import check_counts
+
+    got = check_counts(np.array([[1, 2], [3, 0]], dtype=np.int64), "engine.json")
+    assert got.dtype == np.float64 and got.tolist() == [[1.0, 2.0], [3.0, 0.0]]
+    assert _message(check_counts, np.array([[1, -2]]), "engine.json") == \
+        "engine.json: negative count at layer row 0, expert 1"
 
 
 def test_loads_inputs_are_normalised():
