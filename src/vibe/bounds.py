@@ -360,16 +360,17 @@ def replica_lagrangian_value(costs: np.ndarray, n_e: np.ndarray, X: np.ndarray, 
     expert (the makespan-z restriction of replica_lagrangian_bounds): expert e then needs
     at least ceil(n_e / D) pieces. phi_n: [L, E] min_k (lam_k costs + mu_k) when the
     caller has it (it does not depend on D). usable: [L, K] slots with tokens a GPU of
-    each kind can run within the restriction (default S; at most S). with_pieces: also return [L] the pieces the
-    value uses (sum of the chosen r, ties to fewer). Returns [L] values (inf: no plan fits the restriction),
-    and with with_subgradient also T [L, K]: the per-GPU time of each kind in the
-    fractional plan behind the value, the supergradient in p_k = size_k lam_k.
+    each kind can run within the restriction (default S; at most S).
+    Returns [L] values (inf: no plan fits the restriction); with with_pieces also [L] the
+    pieces the value uses (sum of the chosen r, ties to fewer); with with_subgradient
+    also T [L, K]: the per-GPU time of each kind in the fractional plan behind the value,
+    the supergradient in p_k = size_k lam_k.
 
     Why it is a bound: a plan's slots with tokens ("pieces") on GPU g number a_g <= S
     (<= usable_g under a makespan restriction: each piece costs at least the curve's
-    minimum there), so
-    for any of its GPUs' times T_g, z = max_g T_g >= sum_g lam_g T_g + sum_g mu_g (a_g - S)
-    = sum_g lam_g o_g - S sum_g mu_g + sum over pieces (lam_g t_g(x) + mu_g). A piece of x
+    minimum there), so for any of its GPUs' times T_g, z = max_g T_g >= sum_g lam_g T_g
+    + sum_g mu_g (a_g - S) = sum_g lam_g o_g - S sum_g mu_g + sum over pieces
+    (lam_g t_g(x) + mu_g) (S read as usable_g throughout). A piece of x
     tokens costs at least phi(x) = min_g (lam_g t_g(x) + mu_g); expert e in r pieces
     (sum n_e, each in (0, D]) costs at least phi(n_e) if r = 1 and, by Jensen on the
     convex minorant h of phi on (0, D], r h(n_e / r) if r >= 2. The minimum over integer
