@@ -67,7 +67,8 @@ MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
     "exact": (["src/vibe/policies/exact.py"], ["tests/test_exact.py", "tests/test_exact_examples.py"], None),
     "recal-drift": (["src/vibe/recal/drift.py"], ["tests/test_recal_drift.py", "tests/test_recal_drift_examples.py"],
                     None),
-    "recal-repair": (["src/vibe/recal/repair.py"], ["tests/test_recal.py", "tests/test_recal_examples.py"], None),
+    "recal-repair": (["src/vibe/recal/repair.py"], ["tests/test_recal.py", "tests/test_recal_examples.py",
+                                                     "tests/test_recal_repair_examples.py"], None),
 }
 
 

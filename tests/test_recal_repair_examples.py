@@ -1,0 +1,32 @@
+"""More worked examples for the incremental re-placement (vibe.recal.repair): which slot a
+lost GPU's expert is re-homed to, and the tie rules of the steps, derived by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vibe.model import Cluster, ExpertLoads, Placement
+from vibe.policies import PlacementOptions
+from vibe.recal.repair import repair_placement
+
+
+def plan_of(rows, G) -> Placement:
+    rows = np.array(rows)
+    return Placement.init_by_mapping(rows, G, int(rows.max()) + 1, tuple(range(1, len(rows) + 1)), "hand")
+
+
+
+def test_rehoming_takes_the_cheapest_live_slot():
+    """3 GPUs x 2 slots, 1 us per token, tokens (6, 1, 5, 1); plan [0 1 | 0 2 | 3 1], GPU 2
+    lost: expert 3 needs a slot, and only expert 0 has two live replicas (slots 0 and 2).
+    Live times before: GPU 0 3 + 1 = 4, GPU 1 3 + 5 = 8. Expert 3 into slot 0: GPU 0 1 + 1
+    = 2, GPU 1 6 + 5 = 11 -> 11; into slot 2: GPU 0 6 + 1 = 7, GPU 1 1 + 5 = 6 -> 7."""
+    cluster = Cluster.init_by_curves([1.0, 100.0], np.tile([1.0, 100.0], (3, 1)), 0.0)
+    loads = ExpertLoads(np.array([[6.0, 1.0, 5.0, 1.0]]), top_k=1, layer_ids=(1,))
+    plan = plan_of([[0, 1, 0, 2, 3, 1]], 3)
+    rep = repair_placement(plan, loads, cluster, PlacementOptions(batch_tokens=(13.0,), weights=(1.0,)),
+                           max_moves=1, down_gpus=[2])
+    assert [(m.layer, m.slot, m.old_expert, m.new_expert) for m in rep.moves] == [(1, 2, 0, 3)]
+    assert rep.after_us == pytest.approx(7.0)
+    assert rep.step_us == pytest.approx((7.0,))
