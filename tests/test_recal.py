@@ -135,6 +135,20 @@ def test_every_step_of_a_repair_is_a_valid_plan_and_the_objective_never_rises(ca
     check_steps(plan, loads, cluster, down, rep)
 
 
+def test_a_single_move_then_a_swap_is_read_as_the_repair_made_it():
+    """A case a random seed found: in layer 1 the repair moves slot 5 alone (2 -> 3), then
+    swaps slots 1 and 2 (3 <-> 2). Grouped by chains, the single move and the swap's
+    first move looked like one swap, whose plan is 16% slower than the one before it."""
+    plan = Placement.init_by_mapping(np.array([[2, 0, 2, 1, 3, 2], [0, 1, 1, 3, 2, 0], [3, 0, 3, 2, 0, 1]]),
+                                     3, 4, (1, 2, 3), "random")
+    loads = ExpertLoads(np.array([[7373.0, 912, 3461, 4638], [4395, 1393, 3223, 7373], [1655, 2726, 4630, 7373]]),
+                        2, (1, 2, 3))
+    cluster = synth_cluster(3, scenario="outlier", seed=16034)
+    rep = repair_placement(plan, loads, cluster, OPTS, max_moves=18)
+    assert len({m.step for m in rep.moves}) == len(move_steps(rep.moves)) > 1
+    check_steps(plan, loads, cluster, [], rep)
+
+
 @pytest.mark.parametrize("only", ["greedy", "knapsack"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_each_candidate_sequence_alone_is_valid_and_the_best_of_them_is_kept(monkeypatch, only, seed):

@@ -52,7 +52,10 @@ def test_recalibrate_writes_the_plan_moves_and_engine_files_and_reports_json(fil
     assert rep["full_resolve"]["after_us"] <= rep["after_us"] * 1.001
     fixed = Placement.load(out)
     moves = json.loads((tmp / "fixed.moves.json").read_text())["moves"]
-    assert len(moves) == rep["num_moves"] and set(moves[0]) == {"layer", "slot", "old_expert", "new_expert", "bytes"}
+    assert len(moves) == rep["num_moves"]
+    assert set(moves[0]) == {"layer", "slot", "old_expert", "new_expert", "bytes", "step"}
+    steps = [m["step"] for m in moves]
+    assert steps[0] == 0 and all(b - a in (0, 1) for a, b in zip(steps, steps[1:]))  # numbered in order
     before = Placement.load(plan).physical_to_logical_map
     assert int((fixed.physical_to_logical_map != before).sum()) == rep["num_moves"]
     assert (tmp / "fixed.sglang.json").exists() and (tmp / "fixed.trtllm.yaml").exists()

@@ -84,7 +84,9 @@ def test_worth_it_needs_the_gain_over_the_horizon_strictly_above_the_stall():
     assert not worth_it(a_repair(101.0, 1.0, 0, 0))  # no move: nothing to gain
     assert worth_it(a_repair(101.0, 1.0, 1, 0))  # moves without bytes cost nothing
     assert not worth_it(a_repair(1.0, 1.0, 1, 0))  # ... but must gain something
-    assert Move(3, 4, 5, 6, 7).to_dict() == {"layer": 3, "slot": 4, "old_expert": 5, "new_expert": 6, "bytes": 7}
+    assert Move(3, 4, 5, 6, 7).to_dict() == {"layer": 3, "slot": 4, "old_expert": 5, "new_expert": 6, "bytes": 7,
+                                             "step": -1}
+    assert Move(3, 4, 5, 6, 7, 2).to_dict()["step"] == 2
 
 
 # ---- counting and aligning moves ---------------------------------------------------------------
@@ -205,6 +207,17 @@ def test_move_steps_groups_chains_of_up_to_four_moves_only():
     assert [len(s) for s in move_steps(broken)] == [1, 1]
     assert move_steps([]) == []
     assert move_steps(four)[0] == tuple(four)
+
+
+def test_move_steps_follow_the_steps_the_moves_carry():
+    """A single move (expert 2 -> 3 in slot 5) then a swap of slots 1 and 2 (3 <-> 2): read
+    as chains, the single move and the swap's first move close a chain (2 -> 3, 3 -> 2)
+    and the swap's second move stands alone; the steps the repair recorded say otherwise."""
+    single, s1, s2 = Move(1, 5, 2, 3, 0), Move(1, 1, 3, 2, 0), Move(1, 2, 2, 3, 0)
+    assert [len(s) for s in move_steps([single, s1, s2])] == [2, 1]  # the chain reading
+    tagged = [dataclasses.replace(single, step=4), dataclasses.replace(s1, step=5), dataclasses.replace(s2, step=5)]
+    assert [len(s) for s in move_steps(tagged)] == [1, 2]
+    assert [len(s) for s in move_steps(tagged[:1] + [s1, s2])] == [2, 1]  # one move without its step: chains
 
 
 # ---- rest-max tables against brute force ------------------------------------------------------------

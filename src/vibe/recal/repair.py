@@ -36,6 +36,7 @@ P = G * S slots, G GPUs, S slots per GPU.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -60,13 +61,16 @@ DEFAULT_LINK_GBPS = 50.0  # GB/s: one 400 Gb/s NIC (the cross-node path; NVLink 
 @dataclass(frozen=True)
 class Move:
     """Slot `slot` of MoE layer `layer` (a layer id of the plan, not a row index) changes
-    from `old_expert` to `new_expert`; `bytes` of weights travel to the slot's GPU."""
+    from `old_expert` to `new_expert`; `bytes` of weights travel to the slot's GPU.
+    `step`: the repair step the move belongs to (moves of one step, a swap or a chain, are
+    applied together; every plan between steps is valid), -1 when not known."""
 
     layer: int
     slot: int
     old_expert: int
     new_expert: int
     bytes: int
+    step: int = -1
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -879,8 +883,9 @@ def repair_placement(placement: Placement, loads: ExpertLoads, cluster: Cluster,
     def record(l: int, ms: Sequence[Move], layer_value: float) -> None:
         value[l] = layer_value
         total = math.inf if (st.cnt == 0).any() else float(value.sum())
+        step = moves[-1].step + 1 if moves else 0
         for m in ms:
-            moves.append(dataclasses.replace(m, layer=int(ids[l]), bytes=size))
+            moves.append(dataclasses.replace(m, layer=int(ids[l]), bytes=size, step=step))
             steps.append(total)
 
     # 1. re-home the experts a lost GPU held alone (required, whatever they cost)
@@ -937,10 +942,14 @@ def apply_moves(placement: Placement, moves: Sequence[Move], down_gpus: Sequence
 
 
 def move_steps(moves: Sequence[Move]) -> list[tuple[Move, ...]]:
-    """Group the move list into the steps an engine applies: a closed chain (consecutive
-    moves of one layer, each one's new expert the next one's old, the last one's new
-    expert the first one's old: a swap, or a cycle of up to MAX_CHAIN moves) is one step;
-    any other move stands alone."""
+    """Group the move list into the steps an engine applies. Moves that carry their step
+    (a repair's do) group by it. Otherwise a closed chain (consecutive moves of one layer,
+    each one's new expert the next one's old, the last one's new expert the first one's
+    old: a swap, or a cycle of up to MAX_CHAIN moves) is one step and any other move stands
+    alone; that reading is ambiguous (a single move followed by a swap can close a chain
+    with the swap's first move), which is why repairs record their steps."""
+    if moves and all(m.step >= 0 for m in moves):
+        return [tuple(group) for _, group in itertools.groupby(moves, key=lambda m: m.step)]
     out: list[tuple[Move, ...]] = []
     k = 0
     while k < len(moves):
