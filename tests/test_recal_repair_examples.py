@@ -30,3 +30,21 @@ def test_rehoming_takes_the_cheapest_live_slot():
     assert [(m.layer, m.slot, m.old_expert, m.new_expert) for m in rep.moves] == [(1, 2, 0, 3)]
     assert rep.after_us == pytest.approx(7.0)
     assert rep.step_us == pytest.approx((7.0,))
+
+
+def test_rehoming_ties_in_makespan_go_to_the_more_balanced_plan():
+    """3 GPUs x 2 slots, 1 us per token, tokens (6, 4, 7, 7); plan [2 1 | 2 1 | 3 0], GPU 2
+    lost: experts 0 and 3 need slots. Live GPUs 3.5 + 2 = 5.5 each (level 5.5). Either
+    expert into slot 0 (one of expert 2's replicas): expert 0: GPU 0 6 + 2 = 8, GPU 1 7 + 2
+    = 9; expert 3: 7 + 2 = 9 and 9: both 9. The tie goes to the lower excess over the
+    level: (8 - 5.5)^2 + (9 - 5.5)^2 = 18.5 against 2 x 3.5^2 = 24.5: expert 0 first (slot
+    0 and slot 2 mirror each other: the first). Then expert 3 can only take one of expert
+    1's slots: slot 1: GPU 0 6 + 7 = 13, GPU 1 7 + 4 = 11 -> 13; slot 3: 6 + 4 = 10, 7 + 7 =
+    14 -> 14: slot 1."""
+    cluster = Cluster.init_by_curves([1.0, 100.0], np.tile([1.0, 100.0], (3, 1)), 0.0)
+    loads = ExpertLoads(np.array([[6.0, 4.0, 7.0, 7.0]]), top_k=1, layer_ids=(1,))
+    plan = plan_of([[2, 1, 2, 1, 3, 0]], 3)
+    rep = repair_placement(plan, loads, cluster, PlacementOptions(batch_tokens=(24.0,), weights=(1.0,)),
+                           max_moves=2, down_gpus=[2])
+    assert [(m.slot, m.old_expert, m.new_expert) for m in rep.moves] == [(0, 2, 0), (1, 1, 3)]
+    assert rep.step_us == (np.inf, pytest.approx(13.0)) and rep.after_us == pytest.approx(13.0)
