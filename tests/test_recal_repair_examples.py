@@ -48,3 +48,28 @@ def test_rehoming_ties_in_makespan_go_to_the_more_balanced_plan():
                            max_moves=2, down_gpus=[2])
     assert [(m.slot, m.old_expert, m.new_expert) for m in rep.moves] == [(0, 2, 0), (1, 1, 3)]
     assert rep.step_us == (np.inf, pytest.approx(13.0)) and rep.after_us == pytest.approx(13.0)
+
+
+def two_gpu_case():
+    """GPU 0 1 us per token, GPU 1 2 us; tokens (6, 5, 2, 1); plan [2 3 | 0 1]: 3 and 22.
+    The best swap 0<->3 gives 8 and 12; from there 2<->1 gives 11 and 6, the optimum
+    (test_recal_examples derives every swap). The global greedy balances to the level
+    (3 + 22) / 2 = 12.5 and stops at 12; the budget split over layers follows the
+    makespan and reaches 11 in 4 moves."""
+    cluster = Cluster.init_by_curves([1.0, 100.0], [[1.0, 100.0], [2.0, 200.0]], [0.0, 0.0])
+    loads = ExpertLoads(np.array([[6.0, 5.0, 2.0, 1.0]]), top_k=1, layer_ids=(1,))
+    return cluster, loads, plan_of([[2, 3, 0, 1]], 2), PlacementOptions(batch_tokens=(14.0,), weights=(1.0,))
+
+
+def test_the_budget_split_runs_up_to_short_lookahead_slots_and_not_beyond(monkeypatch):
+    """The plan has 1 layer x 4 slots. With SHORT_LOOKAHEAD_SLOTS = 4 it is not above the
+    limit: both candidates run and the budget split's 11 wins; with 3 only the global
+    greedy runs: 12."""
+    from vibe.recal import repair as rp
+
+    cluster, loads, plan, opts = two_gpu_case()
+    monkeypatch.setattr(rp, "SHORT_LOOKAHEAD_SLOTS", 4)
+    assert repair_placement(plan, loads, cluster, opts, max_moves=4).after_us == pytest.approx(11.0)
+    monkeypatch.setattr(rp, "SHORT_LOOKAHEAD_SLOTS", 3)
+    short = repair_placement(plan, loads, cluster, opts, max_moves=4)
+    assert short.after_us == pytest.approx(12.0) and len(short.moves) == 2
