@@ -73,3 +73,18 @@ def test_the_budget_split_runs_up_to_short_lookahead_slots_and_not_beyond(monkey
     monkeypatch.setattr(rp, "SHORT_LOOKAHEAD_SLOTS", 3)
     short = repair_placement(plan, loads, cluster, opts, max_moves=4)
     assert short.after_us == pytest.approx(12.0) and len(short.moves) == 2
+
+
+def test_a_single_move_re_points_a_replica_where_no_swap_helps():
+    """2 GPUs x 2 slots, 1 us per token, tokens (2, 8, 2); plan [0 1 | 0 2], expert 0 on
+    both GPUs: GPU 0 1 + 8 = 9, GPU 1 1 + 2 = 3 -> 9. Swaps: 1<->2: 3 and 9 -> 9; the
+    others would put expert 0 twice on one GPU. Moving expert 0's slot on GPU 1 to expert
+    1: GPU 0 2 + 4 = 6, GPU 1 4 + 2 = 6 -> 6 in one move (the optimum: 12 tokens over 2)."""
+    cluster = Cluster.init_by_curves([1.0, 100.0], np.tile([1.0, 100.0], (2, 1)), 0.0)
+    loads = ExpertLoads(np.array([[2.0, 8.0, 2.0]]), top_k=1, layer_ids=(1,))
+    plan = plan_of([[0, 1, 0, 2]], 2)
+    opts = PlacementOptions(batch_tokens=(12.0,), weights=(1.0,))
+    for budget in (1, 5, None):
+        rep = repair_placement(plan, loads, cluster, opts, max_moves=budget)
+        assert [(m.slot, m.old_expert, m.new_expert) for m in rep.moves] == [(2, 0, 1)]
+        assert rep.before_us == pytest.approx(9.0) and rep.after_us == pytest.approx(6.0)
