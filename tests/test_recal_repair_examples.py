@@ -88,3 +88,20 @@ def test_a_single_move_re_points_a_replica_where_no_swap_helps():
         rep = repair_placement(plan, loads, cluster, opts, max_moves=budget)
         assert [(m.slot, m.old_expert, m.new_expert) for m in rep.moves] == [(2, 0, 1)]
         assert rep.before_us == pytest.approx(9.0) and rep.after_us == pytest.approx(6.0)
+
+
+def test_the_objective_is_place_s_points_or_with_robust_its_resampled_steps():
+    """Tokens (2, 8, 2) of top-1 routing at B = 12 are the counts; with two points the
+    second, B = 6, halves them; weights as given. With robust, the re-sampled steps of
+    `vibe place --robust` (same seed, same steps) and their equal weights."""
+    from vibe.policies._timebalance import sampled_steps
+    from vibe.recal.repair import objective_tokens
+
+    loads = ExpertLoads(np.array([[2.0, 8.0, 2.0]]), top_k=1, layer_ids=(1,))
+    tokens, w = objective_tokens(loads, PlacementOptions(batch_tokens=(12.0, 6.0), weights=(0.75, 0.25)))
+    assert tokens.tolist() == [[[2.0, 8.0, 2.0]], [[1.0, 4.0, 1.0]]] and w.tolist() == [0.75, 0.25]
+    robust = PlacementOptions(batch_tokens=(12.0,), weights=(1.0,), robust=True, seed=3)
+    tokens, w = objective_tokens(loads, robust)
+    want_t, want_w = sampled_steps(loads, robust)
+    assert tokens.shape[0] > 1 and np.array_equal(tokens, want_t) and np.array_equal(w, want_w)
+    assert w.sum() == pytest.approx(1.0)
