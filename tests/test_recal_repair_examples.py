@@ -105,3 +105,30 @@ def test_the_objective_is_place_s_points_or_with_robust_its_resampled_steps():
     want_t, want_w = sampled_steps(loads, robust)
     assert tokens.shape[0] > 1 and np.array_equal(tokens, want_t) and np.array_equal(w, want_w)
     assert w.sum() == pytest.approx(1.0)
+
+
+def test_the_budget_split_over_two_layers():
+    """Layer 1 is two_gpu_case's (22: its best swap 0<->3 gains 10 in 2 moves, a second swap
+    1 more, 11 in 4). Layer 2, tokens (7, 3, 3, 1) on the same plan [2 3 | 0 1]: GPU 0 3 +
+    1 = 4, GPU 1 2 x (7 + 3) = 20. Swaps: 0<->2: 8, 12; 0<->3: 10, 8; 1<->2: 4, 20; 1<->3:
+    6, 16: 0<->3 gains 10 and reaches its optimum (every GPU-0 pair: {0, 1} or {0, 2} 10,
+    the rest 12 or more). Before: 22 + 20 = 42.
+    2 moves: one swap, 10 either way; the first layer keeps it: 32. 4 moves: both first
+    swaps, 20: 22 (better than layer 1's 4 moves, 11). 6 moves: layer 1's 4 and layer 2's
+    2 gain 21: 21, listed by gain per move (layer 2's 5 per move first, then layer 1's
+    11 / 4). Unbounded, the greedy alone stops at each layer's level (12.5, 12): 22."""
+    cluster = Cluster.init_by_curves([1.0, 100.0], [[1.0, 100.0], [2.0, 200.0]], [0.0, 0.0])
+    loads = ExpertLoads(np.array([[6.0, 5.0, 2.0, 1.0], [7.0, 3.0, 3.0, 1.0]]), top_k=1, layer_ids=(1, 2))
+    plan = plan_of([[2, 3, 0, 1], [2, 3, 0, 1]], 2)
+    opts = PlacementOptions(batch_tokens=(14.0,), weights=(1.0,))
+
+    def run(budget):
+        rep = repair_placement(plan, loads, cluster, opts, max_moves=budget)
+        assert rep.before_us == pytest.approx(42.0)
+        return rep.after_us, [m.layer for m in rep.moves], rep.step_us
+
+    assert run(2) == (pytest.approx(32.0), [1, 1], pytest.approx((32.0, 32.0)))
+    assert run(4) == (pytest.approx(22.0), [1, 1, 2, 2], pytest.approx((32.0, 32.0, 22.0, 22.0)))
+    six = (pytest.approx(21.0), [2, 2, 1, 1, 1, 1], pytest.approx((32.0, 32.0, 22.0, 22.0, 21.0, 21.0)))
+    assert run(6) == six and run(8) == six
+    assert run(None)[0] == pytest.approx(22.0)
