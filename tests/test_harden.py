@@ -303,3 +303,15 @@ def test_cluster_edit_derates_and_marks_down(files, capsys):
     fails(["cluster", "edit", files["cluster"], "--scale", "1=0", "--out", bad], capsys, "--scale: must be > 0",
           out=bad)
     fails(["cluster", "edit", files["cluster"], "--scale", "1", "--out", bad], capsys, "RANK=FACTOR", out=bad)
+
+
+@pytest.mark.parametrize("kind, key", [("loads", "counts"), ("plan", "physical_to_logical_map")])
+def test_an_integer_past_float_range_is_one_line(files, capsys, kind, key):
+    """JSON integers have no size limit; one past float range must not crash the parser."""
+    bad = files["dir"] / f"huge-{kind}.json"
+    obj = json.loads(Path(files[kind]).read_text())
+    obj[key][0][0] = 10**400
+    bad.write_text(json.dumps(obj))
+    args = {"loads": files["loads"], "plan": files["plan"], kind: bad}
+    fails(["evaluate", "--cluster", files["cluster"], "--loads", args["loads"], "--placement", args["plan"]],
+          capsys, bad.name, f"'{key}' holds a number too large for a float")

@@ -204,6 +204,8 @@ def numeric_array(value: Any, name: str, source: object, ndim: int, dtype=np.flo
         arr = np.asarray(value, dtype=dtype)
     except (ValueError, TypeError):
         raise InputError(source, f"{name!r} is ragged or not numeric") from None
+    except OverflowError:  # a JSON integer past float range
+        raise InputError(source, f"{name!r} holds a number too large for a float") from None
     if arr.ndim != ndim:
         raise InputError(source, f"{name!r} must be a {ndim}-D array, got shape {list(arr.shape)}")
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
