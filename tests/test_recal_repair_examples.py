@@ -132,3 +132,17 @@ def test_the_budget_split_over_two_layers():
     six = (pytest.approx(21.0), [2, 2, 1, 1, 1, 1], pytest.approx((32.0, 32.0, 22.0, 22.0, 21.0, 21.0)))
     assert run(6) == six and run(8) == six
     assert run(None)[0] == pytest.approx(22.0)
+
+
+def test_a_single_move_off_a_gpu_that_holds_two_replicas_of_its_expert():
+    """2 GPUs x 2 slots, 1 us per token, tokens (4, 8, 2); plan [0 0 | 1 2]: expert 0 twice on
+    GPU 0 (2 tokens each): GPU 0 4, GPU 1 10. Moving one of them to expert 1: GPU 0 keeps
+    expert 0 whole (4) and takes half of expert 1 (4): 8; GPU 1 4 + 2 = 6 -> 8, in one
+    move. To expert 2: 4 + 1 = 5 and 8 + 1 = 9 -> 9; the swaps of expert 0 with 1 or 2
+    give 10."""
+    cluster = Cluster.init_by_curves([1.0, 100.0], np.tile([1.0, 100.0], (2, 1)), 0.0)
+    loads = ExpertLoads(np.array([[4.0, 8.0, 2.0]]), top_k=1, layer_ids=(1,))
+    rep = repair_placement(plan_of([[0, 0, 1, 2]], 2), loads, cluster,
+                           PlacementOptions(batch_tokens=(14.0,), weights=(1.0,)), max_moves=1)
+    assert [(m.slot, m.old_expert, m.new_expert) for m in rep.moves] == [(0, 0, 1)]
+    assert rep.before_us == pytest.approx(10.0) and rep.after_us == pytest.approx(8.0)
