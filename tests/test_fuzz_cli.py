@@ -315,6 +315,30 @@ def test_mutated_trtllm_folders(data, which):
         check_run(["loads", "import", "--format", "trtllm", folder, "--out", out], out, "loads")
 
 
+def _moe_table_columns(n: int = 6) -> dict:
+    return {"num_tokens": [1.0, 2, 4, 8, 16, 32], "hidden_size": [8] * n, "inter_size": [8] * n, "topk": [1] * n,
+            "num_experts": [1] * n, "moe_tp_size": [1] * n, "moe_ep_size": [1] * n,
+            "distribution": ["balanced"] * n, "moe_dtype": ["bf16"] * n,
+            "latency": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]}
+
+
+def test_a_parquet_table_with_a_damaged_column_name_is_one_line(tmp_path):
+    """A seed of the test below found it: a column name that is no longer UTF-8 (one byte of
+    'latency' in the footer flipped) fails when pyarrow decodes the names, after the read."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.table(_moe_table_columns()), buf)
+    blob = buf.getvalue().to_pybytes()
+    spots = [k for k in range(len(blob)) if blob.startswith(b"latency", k)]
+    assert spots  # the name is stored in plain bytes (the Arrow schema copy is base64)
+    for k in spots:
+        table, out = tmp_path / f"t{k}.parquet", tmp_path / f"c{k}.json"
+        table.write_bytes(blob[:k] + b"\x80" + blob[k + 1:])
+        check_run(["profile", "import", table, "--hidden", "8", "--out", out], out, "cluster")
+
+
 @examples(12)
 @given(data=st.data())
 def test_mutated_parquet_tables(data):
@@ -322,10 +346,7 @@ def test_mutated_parquet_tables(data):
     import pyarrow.parquet as pq
 
     n = 6
-    cols = {"num_tokens": [1.0, 2, 4, 8, 16, 32], "hidden_size": [8] * n, "inter_size": [8] * n, "topk": [1] * n,
-            "num_experts": [1] * n, "moe_tp_size": [1] * n, "moe_ep_size": [1] * n,
-            "distribution": ["balanced"] * n, "moe_dtype": ["bf16"] * n,
-            "latency": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]}
+    cols = _moe_table_columns(n)
     # one column's values replaced by drawn numbers (NaN, inf, negative, huge included)
     col = data.draw(st.sampled_from(["num_tokens", "latency", "hidden_size", "moe_ep_size"]))
     cols[col] = data.draw(st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=n, max_size=n))

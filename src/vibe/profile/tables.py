@@ -66,13 +66,14 @@ def read_moe_table(path: str | os.PathLike) -> dict[str, np.ndarray]:
     require_file(p, "a .parquet MoE latency table")
     try:
         table = pq.read_table(p)
+        names = table.column_names  # decoded lazily: a damaged name fails here
     except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:  # a damaged footer fails in many ways
         raise InputError(p, f"not a readable parquet table ({str(exc).splitlines()[0]})") from None
-    missing = [c for c in MOE_COLUMNS if c not in table.column_names]
+    missing = [c for c in MOE_COLUMNS if c not in names]
     if missing:
         raise InputError(p, f"not a MoE latency table: missing columns {', '.join(missing)}")
     cols = {c: table.column(c).to_numpy(zero_copy_only=False)
-            for c in MOE_COLUMNS + TEXT_COLUMNS if c in table.column_names}
+            for c in MOE_COLUMNS + TEXT_COLUMNS if c in names}
     try:
         for c in MOE_COLUMNS:
             if c not in ("distribution", "moe_dtype"):
