@@ -480,18 +480,30 @@ class _State:
         # 3-chains of lowest floor (a bound on their peak)
         if self.G <= CHAIN_TABLE_GPUS:
             g0 = top[0]  # every start slot is on this GPU: what does not depend on i is shared
-            shared = np.maximum(np.maximum(new_k[:, :, :, None], new_k[:, None]),
-                                _rest_max_table(T, 4)[:, g0][:, gj[:, None, None], gj[None, :, None], gj[None, None, :]])
-            shared_ok = ok_jk[:, :, None] & ok_jk[None] & (gj[:, None, None] != gj[None, None, :]) \
-                & (gj[None, :, None] != g0)  # [J, J, J]
+            rest4 = _rest_max_table(T, 4)[:, g0]  # [K, G, G, G] largest time outside g0 and three GPUs
+            pair_ok = ok_jk & (gj != g0)[None, :]  # [J, J] j's expert may go to k's GPU, not g0
             best4 = (np.inf, None)
+            wM = w @ M
             for ii in np.flatnonzero(gi == g0):
-                ok = shared_ok & ok_ij[ii][:, None, None] & ok_ki[ii][None, None, :]
-                peak = np.maximum(shared, np.maximum(new_j[:, ii][:, :, None, None], new_i[:, ii][:, None, None, :]))
-                df = np.where(ok, np.tensordot(w, peak, axes=1) - w @ M, np.inf)  # [J, J, J]
+                # Only a chain that lowers the weighted makespan (df < 0) and beats the best
+                # so far is of use, and a chain's peak is at least that of its first two and
+                # of its last two moves: score just the (j, k, m) whose pairs (j, k) and (k, m)
+                # alone stay below that (the same best chain, found in the same index order).
+                cut = wM + min(best4[0], 0.0)
+                lo_jk = np.tensordot(w, np.maximum(new_j[:, ii][:, :, None], new_k), axes=1) < cut  # [J, J]
+                lo_km = np.tensordot(w, np.maximum(new_k, new_i[:, ii][:, None, :]), axes=1) < cut  # [J, J]
+                j, k = np.nonzero(lo_jk & pair_ok & ok_ij[ii][:, None])  # [n] pairs, C order
+                fits = lo_km[k] & ok_jk[k] & ok_ki[ii][None, :] & (gj[j][:, None] != gj[None, :])  # [n, J]
+                r, m = np.nonzero(fits)  # (j, k, m) in C order: as argmin scans
+                if not r.size:
+                    continue
+                j, k = j[r], k[r]
+                peak = np.maximum(np.maximum(np.maximum(new_k[:, j, k], new_k[:, k, m]), rest4[:, gj[j], gj[k], gj[m]]),
+                                  np.maximum(new_j[:, ii, j], new_i[:, ii, m]))  # [K, n]
+                df = w @ peak - wM
                 b = int(np.argmin(df))
-                if df.flat[b] < best4[0]:
-                    best4 = (float(df.flat[b]), (si[ii],) + tuple(sj[x] for x in np.unravel_index(b, df.shape)))
+                if df[b] < best4[0]:
+                    best4 = (float(df[b]), (si[ii], sj[j[b]], sj[k[b]], sj[m[b]]))
             if np.isfinite(best4[0]):
                 out.append((best4[0], self._chain_step(l, list(best4[1]))))
             return out
