@@ -48,7 +48,7 @@ MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
     "cost": (["src/vibe/cost.py"], ["tests/test_cost.py", "tests/test_worked_examples.py"],
              _names("vibe.cost", _COST_MODEL)),
     "bounds": (["src/vibe/bounds.py"], ["tests/test_cost.py", "tests/test_worked_examples.py",
-                                        "tests/test_bounds.py"], None),
+                                        "tests/test_bounds.py", "tests/test_bounds_examples.py"], None),
     "placement": (["src/vibe/model/placement.py"], ["tests/test_model.py", "tests/test_worked_examples.py"], None),
     "cluster": (["src/vibe/model/cluster.py"], ["tests/test_model.py", "tests/test_model_messages.py",
                                                 "tests/test_worked_examples.py"], None),
