@@ -286,6 +286,19 @@ def test_random_request_traces(base, rows, qps):
                    "--json", *(["--qps", qps] if qps else [])])
 
 
+@pytest.mark.parametrize("stamps", [["0", "inf"], ["nan", "1"], ["-inf", "inf"]])
+def test_a_request_trace_with_a_timestamp_that_is_not_finite_is_one_line(base, tmp_path, capsys, stamps):
+    """A seed of the test above found it: float() reads 'inf' and 'nan', and inf - inf
+    leaked a numpy warning before the error. Now the line is named."""
+    trace = tmp_path / "req.csv"
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + "".join(f"{t},8,2\n" for t in stamps))
+    rc = main(["simulate", "--cluster", base["cluster.json"], "--loads", base["mix.json"], "--placement",
+               base["mixplan.json"], "--trace", str(trace)])
+    bad = 2 + next(k for k, t in enumerate(stamps) if t not in ("0", "1"))
+    assert rc == 2
+    assert capsys.readouterr().err.strip() == f"vibe: error: {trace}: line {bad}: the timestamp must be a finite number"
+
+
 @examples(10)
 @given(lines=st.lists(st.text(alphabet="0123456789\t -x.", max_size=30), min_size=0, max_size=4))
 def test_random_esft_folders(lines):

@@ -86,6 +86,9 @@ def read_azure_trace(path: str | os.PathLike) -> Workload:
             inp[i], out[i] = int(r[cols[1]]), int(r[cols[2]])
         except (IndexError, ValueError):
             raise InputError(p, f"line {i + 2}: expected a timestamp and two token counts") from None
+    bad = np.flatnonzero(~np.isfinite(t))
+    if bad.size:  # float() reads 'inf' and 'nan'
+        raise InputError(p, f"line {int(bad[0]) + 2}: the timestamp must be a finite number")
     if np.any(inp < 0) or np.any(out < 0):
         raise InputError(p, "token counts must be >= 0")
     order = np.argsort(t, kind="stable")
