@@ -263,6 +263,19 @@ csv_cell = st.one_of(st.sampled_from(["", "nan", "inf", "-1", "0", "1.0", "x", "
                      st.floats(allow_nan=True).map(repr), st.integers(-5, 10**6).map(str))
 
 
+@pytest.mark.parametrize("rows, error", [
+    # a seed of the test below: medians near the float limit overflowed with a warning
+    ([["a", "1e308"], ["a", "1e308"], ["b", "1e308"]], None),
+    ([["a", "1"], ["b", "1e308"], ["b", "1e308"]], "GPU b: perf is 1e+308 x the fleet's median, not a plausible spread"),
+])
+def test_fleet_tables_near_the_float_limit(base, tmp_path, rows, error):
+    fleet, out = tmp_path / "fleet.csv", tmp_path / "c.json"
+    fleet.write_text("\n".join(["uuid,perf", *(",".join(r) for r in rows)]) + "\n")
+    rc = check_run(["profile", "import", fleet, "--base", base["cluster.json"], "--num-gpus", "2", "--out", out],
+                   out, "cluster")
+    assert rc == (0 if error is None else 2)
+
+
 @examples(15)
 @given(rows=st.lists(st.lists(csv_cell, min_size=2, max_size=3), max_size=5),
        header=st.sampled_from(["uuid,perf", "GPU_ID,PerfVar_classA", "a,b", ""]))

@@ -252,8 +252,20 @@ def read_fleet(path: str | os.PathLike, column: str | None = None) -> tuple[list
     if len(per_gpu) < 2:
         raise InputError(p, f"need at least 2 GPUs with a positive {column}")
     ids = sorted(per_gpu)
-    med = np.array([np.median(per_gpu[g]) for g in ids])
-    return ids, med / np.median(med)
+    med = np.array([_median(per_gpu[g]) for g in ids])
+    rel = med / _median(med)
+    if not np.all((rel > 1e-3) & (rel < 1e3)):  # also what would overflow the curves
+        g = ids[int(np.argmax(np.abs(np.log(rel))))]
+        raise InputError(p, f"GPU {g}: {column} is {rel[ids.index(g)]:.3g} x the fleet's median, "
+                            "not a plausible spread")
+    return ids, rel
+
+
+def _median(values) -> float:
+    """np.median that cannot overflow on finite positive values near the float limit."""
+    x = np.asarray(values, dtype=np.float64)
+    top = float(x.max())
+    return float(np.median(x / top)) * top
 
 
 def sample_fleet(factors: np.ndarray, num_gpus: int, seed: int, source) -> np.ndarray:
