@@ -8,7 +8,7 @@ import itertools
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import vibe.bounds as bounds
@@ -291,6 +291,8 @@ def test_replica_bounds_hold_and_bind_at_decode():
 @settings(max_examples=30, deadline=None)
 @given(st.integers(0, 10**6), st.sampled_from([(4, 1), (6, 2), (8, 4), (12, 3)]),
        st.sampled_from(["random", "zero-layer", "huge-skew", "ties"]))
+# found by a random seed: 50 L-BFGS iterations per temperature stopped 2.3% short of the LP
+@example(seed=33331, shape=(8, 4), kind="random")
 def test_lagrangian_bound_is_valid_on_degenerate_layers(seed, shape, kind):
     E, G = shape
     rng = np.random.default_rng(seed)

@@ -96,7 +96,7 @@ def lagrangian_value(costs: np.ndarray, overhead_us: np.ndarray, slots_per_gpu: 
 
 def lagrangian_lower_bounds(costs: np.ndarray, overhead_us: np.ndarray, slots_per_gpu: int,
                             temperatures: Sequence[float] = (3e-2, 3e-3, 3e-4),
-                            max_iter: int = 50) -> np.ndarray:
+                            max_iter: int = 100) -> np.ndarray:
     """The LP bound of lp_lower_bound for many large layers at once, from its dual.
 
     costs: [L, E, G]; overhead_us: [G] -> [L] bounds (us), each <= that layer's LP value.
