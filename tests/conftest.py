@@ -48,6 +48,15 @@ def esft_loads(esft_dir):
 
 
 @pytest.fixture(scope="session")
+def esft_law_loads(esft_dir):
+    """Real loads of the ESFT 'law' domain (the same 26 x 64 shape): the traffic that
+    the domain-switch tests send to a plan made for 'intent'."""
+    from vibe.engines.esft import load_esft_loads
+
+    return load_esft_loads(esft_dir / "law")
+
+
+@pytest.fixture(scope="session")
 def esft_trace(esft_dir):
     from vibe.engines.esft import load_esft_trace
 

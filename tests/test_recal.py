@@ -235,10 +235,8 @@ def test_repair_refuses_a_plan_for_another_cluster_or_model():
 
 
 # ---- the target on real data ---------------------------------------------------------
-def test_real_esft_domain_switch_recovers_80_percent_with_10_percent_of_the_moves(esft_dir):
-    from vibe.engines.esft import load_esft_loads
-
-    intent, law = load_esft_loads(esft_dir / "intent"), load_esft_loads(esft_dir / "law")
+def test_real_esft_domain_switch_recovers_80_percent_with_10_percent_of_the_moves(esft_loads, esft_law_loads):
+    intent, law = esft_loads, esft_law_loads  # all 26 layers of both domains
     cluster = synth_cluster(8, scenario="power-cap", seed=0)
     plan = place(intent, cluster, "vibe", OPTS)
     full = full_resolve(plan, law, cluster, OPTS)
