@@ -365,6 +365,26 @@ def test_a_parquet_table_with_a_damaged_column_name_is_one_line(tmp_path):
         check_run(["profile", "import", table, "--hidden", "8", "--out", out], out, "cluster")
 
 
+def test_a_parquet_table_with_a_damaged_text_value_is_one_line(tmp_path):
+    """A seed of the test below found it: a 'moe_dtype' value that is no longer UTF-8
+    ('bf16' -> b'\\x80f16' in a data page) fails when pyarrow decodes the column."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.table(_moe_table_columns()), buf, compression="none")
+    blob = buf.getvalue().to_pybytes()
+    k = blob.index(b"\x04\x00\x00\x00bf16") + 4  # the dictionary page's value (length-prefixed)
+    table, out = tmp_path / "t.parquet", tmp_path / "c.json"
+    table.write_bytes(blob[:k] + b"\x80" + blob[k + 1:])
+    assert check_run(["profile", "import", table, "--hidden", "8", "--out", out], out, "cluster") == 2
+    from vibe.errors import InputError
+    from vibe.profile.tables import read_moe_table
+
+    with pytest.raises(InputError, match="column 'moe_dtype' is not readable"):
+        read_moe_table(table)
+
+
 @examples(12)
 @given(data=st.data())
 def test_mutated_parquet_tables(data):

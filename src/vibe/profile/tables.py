@@ -72,8 +72,14 @@ def read_moe_table(path: str | os.PathLike) -> dict[str, np.ndarray]:
     missing = [c for c in MOE_COLUMNS if c not in names]
     if missing:
         raise InputError(p, f"not a MoE latency table: missing columns {', '.join(missing)}")
-    cols = {c: table.column(c).to_numpy(zero_copy_only=False)
-            for c in MOE_COLUMNS + TEXT_COLUMNS if c in names}
+    cols = {}
+    for c in MOE_COLUMNS + TEXT_COLUMNS:
+        if c not in names:
+            continue
+        try:  # text is decoded here: a damaged string fails as an ArrowException
+            cols[c] = table.column(c).to_numpy(zero_copy_only=False)
+        except (pa.ArrowException, UnicodeDecodeError) as exc:
+            raise InputError(p, f"column {c!r} is not readable ({str(exc).splitlines()[0]})") from None
     try:
         for c in MOE_COLUMNS:
             if c not in ("distribution", "moe_dtype"):
