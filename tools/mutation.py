@@ -64,13 +64,29 @@ MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
                   "src/vibe/policies/round_robin.py", "src/vibe/policies/token_balanced.py",
                   "src/vibe/policies/eplb.py"], ["tests/test_policies.py"], None),
     "timebalance": (["src/vibe/policies/_timebalance.py", "src/vibe/policies/vibe.py"],
-                    ["tests/test_worked_examples.py", "tests/test_vibe_policy.py", "tests/test_robust.py"], None),
+                    ["tests/test_timebalance_examples.py", "tests/test_worked_examples.py", "tests/test_vibe_policy.py",
+                     "tests/test_robust.py"], None),
     "exact": (["src/vibe/policies/exact.py"], ["tests/test_exact.py", "tests/test_exact_examples.py"], None),
     "recal-drift": (["src/vibe/recal/drift.py"], ["tests/test_recal_drift.py", "tests/test_recal_drift_examples.py"],
                     None),
     "recal-repair": (["src/vibe/recal/repair.py"], ["tests/test_recal.py", "tests/test_recal_examples.py",
                                                      "tests/test_recal_repair_examples.py"], None),
 }
+
+
+_CHEAPEST_FIRST = '''
+
+# ---- added by tools/mutation.py in its scratch copy: cheapest tests first (mutmut's -x
+# then stops at the first, cheapest failure), by the durations of mutmut's stats run
+def pytest_collection_modifyitems(session, config, items):
+    import json
+    from pathlib import Path
+
+    stats = Path("mutmut-stats.json")
+    if stats.exists():
+        took = json.loads(stats.read_text()).get("duration_by_test", {})
+        items.sort(key=lambda item: took.get(item.nodeid, float("inf")))
+'''
 
 
 def _toml_list(items: list[str]) -> str:
@@ -88,6 +104,9 @@ def prepare(name: str) -> Path:
     for sub in ("src", "tests", "docs"):  # some tests read the docs' examples
         shutil.rmtree(work / sub, ignore_errors=True)
         shutil.copytree(ROOT / sub, work / sub, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    # mutmut runs each mutant's tests with -x in no set order: cheapest first stops sooner
+    with open(work / "tests" / "conftest.py", "a") as conftest:
+        conftest.write(_CHEAPEST_FIRST)
     base = (ROOT / "pyproject.toml").read_text()
     base = base.split("\n[tool.mutmut]")[0]  # the repo's own section, if any, is replaced
     (work / "pyproject.toml").write_text(base.rstrip() + "\n\n[tool.mutmut]\n"
