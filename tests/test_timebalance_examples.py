@@ -382,7 +382,7 @@ def test_best_of_starts_keeps_the_lowest_without_more_doubles_and_the_first_on_t
     b = np.array([[0, 1, 1, 0], [0, 1, 1, 0]])  # {3, 2} {3, 4}: 7 (a tie: the first stays)
     c = np.array([[0, 0, 1, 1], [0, 1, 1, 0]])  # row 0: {3, 3} {4, 2}: 6 but doubles expert 0
     starts = [(count, items, a), (count, items, b), (count, items, c)]
-    _, _, gpu = tb.best_of_starts(cl, row_gpus, tokens, np.ones(1), over, 2, starts)
+    _, _, gpu = tb.best_of_starts(cl, row_gpus, tokens, np.ones(1), over, starts)
     assert gpu.tolist() == a.tolist()
     # a start with other replica counts that is better wins, with its counts and items
     one = np.array([[2, 1, 1], [1, 2, 1]])
@@ -390,7 +390,7 @@ def test_best_of_starts_keeps_the_lowest_without_more_doubles_and_the_first_on_t
     tokens2 = np.array([[[6.0, 4.0, 2.0], [1.0, 12.0, 1.0]]])
     split = (count, items, a)  # row 1, expert 0 split: {1, 12} {1, 1}: 13 (half a token costs the floor)
     better = (one, one_items, np.array([[0, 1, 0, 1], [0, 0, 1, 1]]))  # row 1: {1, 6} {6, 1}: 7
-    cnt, it, gpu = tb.best_of_starts(cl, row_gpus, tokens2, np.ones(1), over, 2, [split, better])
+    cnt, it, gpu = tb.best_of_starts(cl, row_gpus, tokens2, np.ones(1), over, [split, better])
     assert cnt.tolist() == [[2, 1, 1], [1, 2, 1]]
     assert it.tolist() == [[0, 0, 1, 2], [0, 1, 1, 2]]
     assert gpu.tolist() == [[0, 1, 0, 1], [0, 0, 1, 1]]
@@ -569,3 +569,270 @@ def test_vibe_speed_split_only_with_replicas():
     even = place(loads, cl, "vibe", PlacementOptions(redundant=2, batch_tokens=(60.0,)))
     assert rep.replica_weights is not None and even.replica_weights is None
     assert not np.allclose(rep.slot_share(), even.slot_share())
+
+
+# ---- more examples, each written against a mutant that the ones above let through ---------
+def test_replicas_count_the_network_time_of_their_tokens():
+    # 3 identical GPUs on one node (floor curve: 5 us up to 5 tokens), tokens 14 and 8, 4
+    # slots. Without a network block: extra 1 splits the 14 (8 against 14); extra 2 ties at
+    # 8 between splitting the 14 again (adds 3 x 5 - 2 x 7 = 1 us of work) and the 8 (adds
+    # 2 x 5 - 8 = 2): the 14 -> (3, 1). With 4 GB/s links a token costs r = 1e6 x 4096 x 3
+    # x (2/3) / 4e9 = 2.048 us more, linear in tokens: extra 2 then scores 8 + 8r = 24.4
+    # for the 14 against max(7 + 7r, 5 + 4r, (24 + 22r) / 3) = 23.0 for the 8 -> (2, 2).
+    tokens = np.array([[[14.0, 8.0]]])
+    assert tb.allocate_replicas(floor5(3), tokens, np.ones(1), 3, 4).tolist() == [[3, 1]]
+    net = floor5(3).with_network({"hidden": 4096.0, "intra_node_GBps": 4.0})
+    assert tb.comm_model(net).us_per_token == pytest.approx([2.048] * 3)
+    assert tb.allocate_replicas(net, tokens, np.ones(1), 3, 4).tolist() == [[2, 2]]
+
+
+def test_construct_avoids_a_double_even_when_the_double_would_be_faster():
+    # GPU 1 is 10x slower for expert 0's replicas (10 vs 100 us), experts 1 and 2 cost 1.
+    # Replica 1 -> GPU 0; replica 2 may not join it (GPU 0 holds expert 0) although 20 us
+    # there beats 100 on GPU 1.
+    costs = np.array([[[[10.0, 100.0], [1.0, 1.0], [1.0, 1.0]]]])
+    items = np.array([[0, 0, 1, 2]])
+    gpu = tb.construct(costs, np.ones(1), items, np.zeros((1, 2)), 2)
+    assert gpu.tolist() == [[0, 1, 0, 1]]
+
+
+def test_construct_treats_rows_independently_when_one_row_is_forced():
+    # Row 0 forces a double (expert 0 in 3 replicas on 2 GPUs); row 1 does not. Each row
+    # gets what it gets alone.
+    costs = np.ones((1, 2, 3, 2)) * np.array([10.0, 4.0, 3.0])[None, None, :, None]
+    items = np.array([[0, 0, 0, 1], [0, 1, 2, 2]])
+    both = tb.construct(costs, np.ones(1), items, np.zeros((2, 2)), 2)
+    for x in range(2):
+        alone = tb.construct(costs[:, x:x + 1], np.ones(1), items[x:x + 1], np.zeros((1, 2)), 2)
+        assert both[x].tolist() == alone[0].tolist()
+        assert np.bincount(both[x], minlength=2).tolist() == [2, 2]
+
+
+def _construct_by_the_rule(costs, w, items, over, S):
+    """construct's documented rule as plain loops: largest weighted mean cost first, to
+    the GPU with room and without the expert (any with room if none) where the weighted
+    makespan grows least (within 1e-12), then the earliest weighted finish, then the
+    lowest index."""
+    K, X, E, G = costs.shape
+    out = np.empty(items.shape, dtype=np.int64)
+    for x in range(X):
+        T = np.tile(over[x].astype(float), (K, 1)).T  # [G, K]
+        filled, held = [0] * G, [set() for _ in range(G)]
+        mean = [float(w @ costs[:, x, e].mean(axis=1)) for e in items[x]]
+        for j in sorted(range(items.shape[1]), key=lambda j: -mean[j]):  # stable, like the solver
+            e = items[x, j]
+            room = [g for g in range(G) if filled[g] < S]
+            free = [g for g in room if e not in held[g]] or room
+            grow = {g: float(w @ np.maximum(T.max(axis=0), T[g] + costs[:, x, e, g])) for g in free}
+            least = min(grow.values())
+            g = min((g for g in free if grow[g] <= least * (1 + 1e-12)),
+                    key=lambda g: (float(w @ (T[g] + costs[:, x, e, g])), g))
+            out[x, j] = g
+            T[g] += costs[:, x, e, g]
+            filled[g] += 1
+            held[g].add(e)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_construct_follows_its_rule_on_random_rows(seed):
+    rng = np.random.default_rng(seed)
+    K, X, G, S = int(rng.integers(1, 3)), 2, int(rng.integers(2, 5)), int(rng.integers(1, 4))
+    E = G * S - int(rng.integers(0, G))
+    count = np.ones((X, E), dtype=np.int64)
+    for x in range(X):
+        for _ in range(G * S - E):
+            count[x, rng.integers(E)] += 1
+    items = tb.items_of(count)
+    costs = rng.gamma(1.5, 10.0, size=(K, X, E, 1)) * rng.uniform(0.6, 1.6, size=(K, 1, 1, G))
+    w = rng.dirichlet(np.ones(K))
+    over = rng.uniform(0, 5, size=(X, G))
+    assert tb.construct(costs, w, items, over, S).tolist() == _construct_by_the_rule(costs, w, items, over, S).tolist()
+
+
+def test_repair_duplicates_weighs_the_unloaded_gpu_too():
+    # GPU 1 is fast (1 us for anything). Expert 0 (10 us on GPU 0) sits twice on GPU 0
+    # with GPU 1 holding experts 1 (3 us on GPU 0) and 2 (6 us): T = (20, 2). Swapping in
+    # expert 1 leaves GPU 0 at 20 - 10 + 3 = 13, expert 2 at 16; GPU 1 stays at 2.
+    costs = np.array([[[[10.0, 1.0], [3.0, 1.0], [6.0, 1.0]]]])
+    items, gpu = np.array([[0, 0, 1, 2]]), np.array([[0, 0, 1, 1]])
+    assert tb.repair_duplicates(costs, np.ones(1), items, gpu, np.zeros((1, 2))).tolist() == [[1, 0, 0, 1]]
+
+
+def test_repair_duplicates_goes_on_after_a_stuck_double_and_in_every_row():
+    # Row 0: expert 0 sits 3 times on GPUs 0 and 1 (2 slots each, 3 GPUs): the GPU 0
+    # double is fixable by swapping with GPU 2, then no double is left. Row 1 holds the
+    # same problem: both rows must come out clean, each as it would alone.
+    costs = np.ones((1, 2, 3, 3))
+    items = np.array([[0, 0, 0, 1, 2, 2], [0, 0, 0, 1, 2, 2]])
+    gpu = np.array([[0, 0, 1, 1, 2, 2], [0, 0, 1, 1, 2, 2]])
+    fixed = tb.repair_duplicates(costs, np.ones(1), items, gpu, np.zeros((2, 3)))
+    assert tb.duplicates(items, fixed, 3).tolist() == [0, 0]
+    alone = tb.repair_duplicates(costs[:, 1:], np.ones(1), items[1:], gpu[1:], np.zeros((1, 3)))
+    assert fixed[1].tolist() == alone[0].tolist()
+
+
+def test_repair_duplicates_skips_a_stuck_double_and_fixes_the_next():
+    # 2 GPUs, 3 slots: GPU 0 holds experts 0, 0, 2 and GPU 1 holds 0, 1, 1. Expert 0's
+    # double on GPU 0 is stuck (GPU 1 holds expert 0 too, so no swap can take it there);
+    # the repair must go on to expert 1's double and swap a 1 with the 2 on GPU 0.
+    costs = np.ones((1, 1, 3, 2))
+    items = np.array([[0, 0, 0, 1, 1, 2]])
+    gpu = np.array([[0, 0, 1, 1, 1, 0]])
+    fixed = tb.repair_duplicates(costs, np.ones(1), items, gpu, np.zeros((1, 2)))
+    assert tb.duplicates(items, fixed, 3).tolist() == [1]  # only the forced double of expert 0 is left
+
+
+def test_duplicates_keys_do_not_collide_between_gpus():
+    # expert 1 on GPU 0 and expert 0 on GPU 2 (2 experts): different (GPU, expert) pairs
+    assert tb.duplicates(np.array([[1, 0]]), np.array([[0, 2]]), 2).tolist() == [0]
+
+
+def test_top3_of_many_rows_on_two_gpus_pads_each_row():
+    v, i = tb._top3(np.array([[[3.0, 1.0], [0.0, 2.0], [5.0, 4.0]]]))  # [K=1, A=3, G=2]
+    assert v[0].tolist() == [[3.0, 1.0, -np.inf], [2.0, 0.0, -np.inf], [5.0, 4.0, -np.inf]]
+    assert i[0].tolist() == [[0, 1, -1], [1, 0, -1], [0, 1, -1]]
+
+
+def test_local_search_on_many_rows_of_two_gpus_matches_each_row_alone():
+    rng = np.random.default_rng(4)
+    costs = rng.gamma(1.5, 10.0, size=(1, 4, 6, 1)) * np.ones((1, 1, 1, 2))
+    items = np.tile(np.arange(6), (4, 1))
+    over = np.zeros((4, 2))
+    start = tb.construct(costs, np.ones(1), items, over, 3)
+    together = tb.local_search(costs, np.ones(1), items, start, over)
+    for x in range(4):
+        alone = tb.local_search(costs[:, x:x + 1], np.ones(1), items[x:x + 1], start[x:x + 1], over[x:x + 1])
+        assert together[x].tolist() == alone[0].tolist()
+
+
+def test_best_of_starts_keeps_the_first_of_zero_cost_plans():
+    cl = linear(1.0, 1.0)
+    count = np.array([[1, 1]])
+    items = tb.items_of(count)
+    zero = np.zeros((1, 1, 2))
+    _, _, gpu = tb.best_of_starts(cl, np.array([[0, 1]]), zero, np.ones(1), np.zeros((1, 2)),
+                                  [(count, items, np.array([[0, 1]])), (count, items, np.array([[1, 0]]))])
+    assert gpu.tolist() == [[0, 1]]
+
+
+def test_perturb_can_move_every_item():
+    items = np.arange(8)[None]
+    gpu = np.repeat(np.arange(4), 2)[None]
+    moved = np.zeros(8, dtype=bool)
+    for s in range(30):
+        moved |= tb.perturb(items, gpu, 1, np.random.default_rng(s))[0] != gpu[0]
+    assert moved.all()
+
+
+def test_solve_rows_default_runs_one_search_and_no_restart(monkeypatch):
+    calls = []
+    real = tb.local_search
+    monkeypatch.setattr(tb, "local_search", lambda *a, **k: calls.append(1) or real(*a, **k))
+    costs, w, items, over = row(np.array([8.0, 7.0, 6.0, 5.0, 4.0, 0.0])[:, None].repeat(2, axis=1), 3)
+    tb.solve_rows(costs, w, items, over, 3)
+    assert len(calls) == 1
+    tb.solve_rows(costs, w, items, over, 3, restarts=2)
+    assert len(calls) == 1 + 3
+
+
+def test_solve_placement_passes_the_options_restarts_and_seed_on(monkeypatch):
+    seen = []
+    real = tb.solve_rows
+    monkeypatch.setattr(tb, "solve_rows", lambda *a, **k: seen.append(a[5:]) or real(*a, **k))
+    loads = ExpertLoads(np.array([[5.0, 3.0, 2.0, 1.0]]), top_k=1)
+    opts = PlacementOptions(batch_tokens=(40.0,), seed=9, extras={"restarts": 2})
+    p = place(loads, linear(1.0, 1.5), "vibe", opts)
+    assert seen == [(2, 9)]
+    assert p.policy == "vibe" and p.num_logical_experts == 4
+    seen.clear()
+    place(loads, linear(1.0, 1.5), "vibe", PlacementOptions(batch_tokens=(40.0,), seed=9, robust=True,
+                                                             extras={"restarts": 2, "robust_samples": 4}))
+    assert seen == [(2, 9), (2, 9)]  # the average-load plan, then the plan built on the samples
+
+
+def test_robust_solve_is_at_least_as_good_as_the_plan_built_on_the_samples():
+    rng = np.random.default_rng(8)
+    cl = linear(1.0, 1.2, 0.9)
+    E, G, S = 6, 3, 3
+    row_gpus = np.tile(np.arange(G), (2, 1))
+    tokens = rng.gamma(1.0, 20.0, size=(6, 2, E))
+    w = np.full(6, 1 / 6)
+    over = np.zeros((2, G))
+    # a poor start: the average-load replica counts, items dealt round-robin to the GPUs
+    count = tb.allocate_replicas(cl, tokens.mean(axis=0, keepdims=True), np.ones(1), G, G * S)
+    items = tb.items_of(count)
+    start = np.tile(np.arange(G * S) % G, (2, 1))
+    c2, i2, g2 = tb.robust_solve(cl, row_gpus, tokens, w, over, S, [(count, items, start)])
+    f = tb.objective(tb.gpu_times(tb.replica_costs(cl, row_gpus, tokens, c2), i2, g2, over), w)
+    own = tb.allocate_replicas(cl, tokens, w, G, G * S, prefer_variance=True)
+    own_items = tb.items_of(own)
+    own_costs = tb.replica_costs(cl, row_gpus, tokens, own)
+    own_gpu = tb.solve_rows(own_costs, w, own_items, over, S)
+    assert np.all(f <= tb.objective(tb.gpu_times(own_costs, own_items, own_gpu, over), w) * (1 + 1e-12))
+
+
+def test_speed_split_one_round_is_the_square_root_step():
+    # Even split: GPU times 150 and 300 (mean 225). One round scales the shares by
+    # sqrt(225/150) and sqrt(225/300) and renormalizes: GPU 0 gets 2 - sqrt(2) = 0.586,
+    # which gives 175.7 and 248.5 us, better than 300: kept.
+    cl = linear(1.0, 2.0)
+    p = Placement.init_by_mapping(np.array([[0, 0]]), 2, 1)
+    share = tb.speed_split(p, cl, np.array([[[300.0]]]), np.ones(1), rounds=1)
+    assert share[0] == pytest.approx([2 - np.sqrt(2), np.sqrt(2) - 1])
+
+
+def test_sampled_steps_read_the_trace_file_and_name_it_in_errors(tmp_path):
+    from vibe.errors import InputError
+    from vibe.model.traces import RoutingTrace
+
+    loads = ExpertLoads(np.array([[3.0, 1.0, 2.0]]), top_k=1)
+    trace = RoutingTrace(np.array([[[0], [2], [0], [1], [2], [0]]], dtype=np.int16), [0, 6], 3)
+    path = tmp_path / "steps.npz"
+    trace.save(path)
+    opts = PlacementOptions(batch_tokens=(4.0,), seed=1, extras={"traces_path": str(path), "robust_samples": 3})
+    tokens, _ = tb.sampled_steps(loads, opts)
+    assert np.array_equal(tokens, stochastic.step_tokens(loads, 4.0, 3, 1, trace))
+    # a trace given as an object wins over a path
+    other = RoutingTrace(np.array([[[1], [1], [1], [1]]], dtype=np.int16), [0, 4], 3)
+    opts = PlacementOptions(batch_tokens=(4.0,), seed=1, extras={"traces": other, "traces_path": str(path),
+                                                                 "robust_samples": 3})
+    assert tb.sampled_steps(loads, opts)[0][:, 0].tolist() == [[0.0, 4.0, 0.0]] * 3
+    wrong = tmp_path / "wrong.npz"
+    RoutingTrace(np.array([[[0], [1]]], dtype=np.int16), [0, 2], 2).save(wrong)
+    with pytest.raises(InputError) as err:
+        tb.sampled_steps(loads, PlacementOptions(extras={"traces_path": str(wrong)}))
+    assert str(err.value).startswith(str(wrong))
+    with pytest.raises(InputError) as err:
+        tb.sampled_steps(loads, PlacementOptions(extras={"traces": RoutingTrace(np.array([[[0], [1]]], dtype=np.int16),
+                                                                                   [0, 2], 2)}))
+    assert str(err.value).startswith("traces")
+
+
+def test_sampled_steps_one_step_is_enough_and_the_error_is_exact():
+    loads = ExpertLoads(np.array([[3.0, 1.0, 2.0]]), top_k=1)
+    tokens, w = tb.sampled_steps(loads, PlacementOptions(batch_tokens=(10.0,), extras={"robust_samples": 1}))
+    assert tokens.shape == (1, 1, 3) and w.tolist() == [1.0]
+    with pytest.raises(VibeError, match=r"^robust_samples must be >= 1$"):
+        tb.sampled_steps(loads, PlacementOptions(extras={"robust_samples": -2}))
+
+
+def test_layer_rows_one_group_on_one_node_is_flat_and_messages_are_exact():
+    loads = ExpertLoads(np.ones((1, 4)), top_k=1)
+    tokens, w = tb.point_tokens(loads, PlacementOptions(batch_tokens=(40.0,)))
+    row_layer, row_gpus, _ = tb.layer_rows(loads, linear(1, 1), PlacementOptions(num_groups=1), tokens, w)
+    assert row_gpus.tolist() == [[0, 1]]
+    with pytest.raises(VibeError, match=r"^--num-groups needs nodes with equal GPU counts$"):
+        tb.layer_rows(loads, linear(1, 1, 1, nodes=[0, 0, 1]), PlacementOptions(num_groups=2), tokens, w)
+
+
+def test_layer_rows_add_up_each_nodes_groups():
+    # 2 equal nodes of 1 GPU, 6 groups of 1 expert with work 6..1, 3 groups per node.
+    # Heaviest first to the earliest finish: 6 -> n0 (6), 5 -> n1 (5), 4 -> n1 (9 < 10),
+    # 3 -> n0 (9 < 12), 2 -> n0 (11 = 11: lower index), 1 -> n1 (n0 full).
+    cl = linear(1.0, 1.0, nodes=[0, 1])
+    loads = ExpertLoads(np.array([[6.0, 5.0, 4.0, 3.0, 2.0, 1.0]]), top_k=1)
+    tokens, w = tb.point_tokens(loads, PlacementOptions(batch_tokens=(210.0,)))
+    _, _, row_experts = tb.layer_rows(loads, cl, PlacementOptions(num_groups=6), tokens, w)
+    assert sorted(row_experts[0].tolist()) == [0, 3, 4]
+    assert sorted(row_experts[1].tolist()) == [1, 2, 5]

@@ -488,8 +488,7 @@ def duplicates(item_expert: np.ndarray, item_gpu: np.ndarray, num_experts: int) 
 
 
 def best_of_starts(cluster: Cluster, row_gpus: np.ndarray, tokens: np.ndarray, weights: np.ndarray,
-                   overhead: np.ndarray, slots_per_gpu: int,
-                   starts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+                   overhead: np.ndarray, starts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per row, the start (count [X, E], item_expert [X, N], item_gpu [X, N]) with the
     lowest weighted makespan among those with no more doubled experts than the first;
@@ -573,8 +572,7 @@ def robust_solve(cluster: Cluster, row_gpus: np.ndarray, tokens: np.ndarray, wei
                      restarts, seed)
     searched = [(c, i, local_search(replica_costs(cluster, row_gpus, tokens, c), weights, i, g, overhead))
                 for c, i, g in starts]
-    return best_of_starts(cluster, row_gpus, tokens, weights, overhead, slots_per_gpu,
-                          [*searched, (count, items, gpu)])
+    return best_of_starts(cluster, row_gpus, tokens, weights, overhead, [*searched, (count, items, gpu)])
 
 
 def layer_rows(loads: ExpertLoads, cluster: Cluster, options, tokens: np.ndarray,
@@ -653,7 +651,7 @@ def solve_placement(loads: ExpertLoads, cluster: Cluster, options, policy: str,
         item_gpu = solve(costs, w, items, overhead, S)
     if Gr == cluster.num_gpus:  # flat rows: EPLB's plan is a start too
         count, items, item_gpu = best_of_starts(
-            cluster, row_gpus, row_tokens, w, overhead, S,
+            cluster, row_gpus, row_tokens, w, overhead,
             [(count, items, item_gpu), *eplb_starts(loads, cluster, S, row_tokens, w, overhead)])
     if options.robust:
         tokens, w = sampled_steps(loads, options)
