@@ -53,6 +53,10 @@ def base(tmp_path_factory):
     return {k: str(v) for k, v in paths.items()}
 
 
+# A numpy warning printed on the way to an error is a failure: pytest would otherwise
+# capture it, and only a terminal (or `make property-runs`, without that plugin) shows it.
+pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
+
 READERS = {".json": None, "cluster": Cluster.load, "loads": ExpertLoads.load, "placement": Placement.load}
 
 
@@ -267,6 +271,8 @@ csv_cell = st.one_of(st.sampled_from(["", "nan", "inf", "-1", "0", "1.0", "x", "
     # a seed of the test below: medians near the float limit overflowed with a warning
     ([["a", "1e308"], ["a", "1e308"], ["b", "1e308"]], None),
     ([["a", "1"], ["b", "1e308"], ["b", "1e308"]], "GPU b: perf is 1e+308 x the fleet's median, not a plausible spread"),
+    # another: a ratio that underflows to 0 leaked a divide-by-zero warning from the log
+    ([["", "1e308"], ["nan", "2.225073858507e-311"]], "GPU nan: perf is 0 x the fleet's median, not a plausible spread"),
 ])
 def test_fleet_tables_near_the_float_limit(base, tmp_path, rows, error):
     fleet, out = tmp_path / "fleet.csv", tmp_path / "c.json"

@@ -261,7 +261,8 @@ def read_fleet(path: str | os.PathLike, column: str | None = None) -> tuple[list
     med = np.array([_median(per_gpu[g]) for g in ids])
     rel = med / _median(med)
     if not np.all((rel > 1e-3) & (rel < 1e3)):  # also what would overflow the curves
-        g = ids[int(np.argmax(np.abs(np.log(rel))))]
+        with np.errstate(divide="ignore"):  # rel may underflow to 0 (1e-311 against 1e308)
+            g = ids[int(np.argmax(np.abs(np.log(rel))))]
         raise InputError(p, f"GPU {g}: {column} is {rel[ids.index(g)]:.3g} x the fleet's median, "
                             "not a plausible spread")
     return ids, rel
