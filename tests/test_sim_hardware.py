@@ -73,3 +73,11 @@ def test_sweep_runs_points_as_ray_tasks(monkeypatch, esft_loads):
                      ray_address="ray://head:10001")
     assert calls["address"] == "ray://head:10001"
     assert [(r["policy"], r["seed"]) for r in rows] == [("linear", 0), ("linear", 1)]
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_a_drift_onset_near_the_float_limit_means_never_without_a_warning():
+    # found by a property run: --drift-start 9.99e307 overflowed the onset draw with a warning
+    plan = plan_drift(HardwareModel(drift_gpus=2, drift_slowdown=0.3, drift_start_s=9.99e307, seed=1), 4)
+    assert np.all(plan.start_s >= 9.99e307)
+    assert speed_factors(plan, 1e9, np.random.default_rng(0)).tolist() == [1.0] * 4

@@ -76,7 +76,8 @@ def plan_drift(hw: HardwareModel, num_gpus: int) -> DriftPlan:
     slowdown = np.zeros(num_gpus)
     chosen = rng.choice(num_gpus, size=hw.drift_gpus, replace=False)
     slowdown[chosen] = hw.drift_slowdown
-    start = hw.drift_start_s * (1.0 + rng.random(num_gpus))
+    with np.errstate(over="ignore"):  # an onset past ~1e308 s becomes inf: never, as it means
+        start = hw.drift_start_s * (1.0 + rng.random(num_gpus))
     return DriftPlan(slowdown, start, hw.drift_ramp_s, hw.jitter_cv, tuple(hw.throttles))
 
 
