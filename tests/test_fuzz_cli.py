@@ -412,3 +412,18 @@ def test_mutated_parquet_tables(data):
         table.write_bytes(blob)
         out = Path(d) / "c.json"
         check_run(["profile", "import", table, "--hidden", "8", "--out", out], out, "cluster")
+
+
+@pytest.mark.parametrize("command, value, rc", [
+    # found by a sweep of every numeric flag at the float limits (1.7e308 .. 5e-324):
+    # 1e-308 tokens a step overflowed the fluid bound's time per token, 1e-308 QPS the
+    # arrival gaps; both printed numpy warnings before their result
+    ("evaluate", "1e-308", 2), ("evaluate", "5e-324", 2), ("evaluate", "0.001", 0), ("simulate", "1e-308", 2)])
+def test_numbers_at_the_float_limit(base, command, value, rc):
+    if command == "evaluate":
+        argv = ["evaluate", "--cluster", base["cluster.json"], "--loads", base["loads.json"], "--placement",
+                base["plan.json"], "--batch-tokens", value]
+    else:
+        argv = ["simulate", "--cluster", base["cluster.json"], "--loads", base["mix.json"], "--placement",
+                base["mixplan.json"], "--duration", "0.5", "--max-requests", "3", "--qps", value]
+    assert check_run(argv) == rc

@@ -61,3 +61,10 @@ def test_bad_trace_files(tmp_path, text, problem):
     with pytest.raises(InputError, match=problem) as exc:
         read_azure_trace(f)
     assert str(f) in str(exc.value)
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_a_rate_near_the_float_limit_is_a_clean_error():
+    # found by a float-limit sweep of the CLI flags: gaps of ~1e308 s overflowed the cumsum
+    with pytest.raises(VibeError, match=r"^no request arrives in 0.5 s at 1e-308 QPS$"):
+        poisson_workload(1e-308, 0.5, 16, 4)

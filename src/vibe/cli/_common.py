@@ -154,11 +154,14 @@ def check_outputs(outputs, inputs=()) -> None:
 
 
 # ---- operating points ----------------------------------------------------------------
+MIN_POINT_TOKENS = 1e-3  # below a thousandth of a token per step, times per token pass the float range
+
+
 def add_operating_points(p: argparse.ArgumentParser) -> None:
     points = p.add_mutually_exclusive_group()
-    points.add_argument("--batch-tokens", type=finite_float(0, 1e12, lo_open=True), nargs="+", default=None, metavar="B",
+    points.add_argument("--batch-tokens", type=finite_float(MIN_POINT_TOKENS, 1e12), nargs="+", default=None, metavar="B",
                         help="tokens entering each MoE layer per step across the EP group (absolute)")
-    points.add_argument("--tokens-per-gpu", type=finite_float(0, 1e9, lo_open=True), nargs="+", default=None, metavar="T",
+    points.add_argument("--tokens-per-gpu", type=finite_float(MIN_POINT_TOKENS, 1e9), nargs="+", default=None, metavar="T",
                         help="operating points in tokens per GPU per step, scaled by the EP size (default: "
                              f"{' '.join(str(t) for t in DEFAULT_TOKENS_PER_GPU)}: prefill- and decode-sized; "
                              "8192 and 256 tokens per step at 8 GPUs)")

@@ -51,7 +51,8 @@ def poisson_workload(qps: float, duration_s: float, input_len: int, output_len: 
         raise VibeError("input and output lengths must be >= 1 token")
     rng = np.random.default_rng(seed)
     n = int(qps * duration_s * 1.2 + 10 * np.sqrt(qps * duration_s) + 10)  # enough gaps, trimmed below
-    t = np.cumsum(rng.exponential(1.0 / qps, size=n))
+    with np.errstate(over="ignore"):  # at ~1e-308 QPS the gaps pass the float range: inf, no arrival
+        t = np.cumsum(rng.exponential(1.0 / qps, size=n))
     t = t[t < duration_s][:max_requests]
     if t.size == 0:
         raise VibeError(f"no request arrives in {duration_s} s at {qps} QPS")
