@@ -25,6 +25,8 @@ from vibe.model import Cluster, ExpertLoads, Placement
 from vibe.model.traces import RoutingTrace
 from vibe.synth import synth_cluster, synth_loads, synth_loads_for_model
 
+from _docs import with_entry
+
 FUZZ = os.environ.get("VIBE_HYPOTHESIS_PROFILE") == "fuzz"
 
 
@@ -167,15 +169,6 @@ def _leaves(obj, path=()):
     yield path
 
 
-def _set(obj, path, value):
-    if not path:
-        return value
-    node = obj
-    for k in path[:-1]:
-        node = node[k]
-    node[path[-1]] = value
-    return obj
-
 
 @st.composite
 def mutated_json(draw, text: str):
@@ -184,7 +177,7 @@ def mutated_json(draw, text: str):
     for _ in range(draw(st.integers(1, 3))):
         path = draw(st.sampled_from(leaves))
         try:
-            obj = _set(obj, path, draw(leaf_values))
+            obj = with_entry(obj, path, draw(leaf_values))
         except (KeyError, IndexError, TypeError):
             pass  # an earlier change removed that path
         leaves = list(_leaves(obj))

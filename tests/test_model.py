@@ -12,6 +12,8 @@ import pytest
 from vibe.errors import InputError
 from vibe.model import Cluster, ExpertLoads, Placement, RoutingTrace
 
+from _docs import DELETE, with_entry
+
 GRID = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096]
 
 
@@ -144,19 +146,6 @@ def test_trace_round_trip(tmp_path):
 
 
 # ---- validation: one line, names the file --------------------------------------------
-def _set(doc, path, value):
-    *head, last = path
-    node = doc
-    for k in head:
-        node = node[k]
-    if value is _DELETE:
-        del node[last]
-    else:
-        node[last] = value
-    return doc
-
-
-_DELETE = object()
 
 CLUSTER_CASES = [
     ("wrong schema", ("schema",), "vibe.cluster/v2", "schema"),
@@ -169,14 +158,14 @@ CLUSTER_CASES = [
     ("tokens not increasing", ("gpus", 0, "latency", "tokens", 2), 2, "strictly increasing"),
     ("negative overhead", ("gpus", 0, "overhead_us"), -1.0, "overhead_us"),
     ("ranks", ("gpus", 3, "rank"), 7, "ranks"),
-    ("no latency", ("gpus", 0, "latency"), _DELETE, "latency"),
+    ("no latency", ("gpus", 0, "latency"), DELETE, "latency"),
     ("text in curve", ("gpus", 0, "latency", "us", 0), "fast", "not numeric"),
 ]
 
 
 @pytest.mark.parametrize("name,path,value,word", CLUSTER_CASES, ids=[c[0] for c in CLUSTER_CASES])
 def test_cluster_validation(tmp_path, name, path, value, word):
-    src = write(tmp_path, "bad-cluster.json", _set(cluster_doc(), path, value))
+    src = write(tmp_path, "bad-cluster.json", with_entry(cluster_doc(), path, value))
     with pytest.raises(InputError) as exc:
         Cluster.load(src)
     assert_one_line_error(exc, src, word)
@@ -192,14 +181,14 @@ LOADS_CASES = [
     ("top_k too big", ("top_k",), 9, "top_k"),
     ("layer ids", ("layer_ids",), [1, 2, 3], "layer_ids"),
     ("repeated ids", ("layer_ids",), [1, 1], "repeat"),
-    ("no counts", ("counts",), _DELETE, "counts"),
+    ("no counts", ("counts",), DELETE, "counts"),
     ("overflowing total", ("counts", 0), [1e308] * 8, "overflows"),
 ]
 
 
 @pytest.mark.parametrize("name,path,value,word", LOADS_CASES, ids=[c[0] for c in LOADS_CASES])
 def test_loads_validation(tmp_path, name, path, value, word):
-    src = write(tmp_path, "bad-loads.json", _set(loads_doc(), path, value))
+    src = write(tmp_path, "bad-loads.json", with_entry(loads_doc(), path, value))
     with pytest.raises(InputError) as exc:
         ExpertLoads.load(src)
     assert_one_line_error(exc, src, word)
@@ -229,7 +218,7 @@ def test_placement_validation(tmp_path, name, path, value, word):
     doc = placement_doc()
     if name == "not divisible":
         doc.pop("slots_per_gpu")
-    src = write(tmp_path, "bad-placement.json", _set(doc, path, value))
+    src = write(tmp_path, "bad-placement.json", with_entry(doc, path, value))
     with pytest.raises(InputError) as exc:
         Placement.load(src)
     assert_one_line_error(exc, src, word)
@@ -367,7 +356,7 @@ PLACEMENT_MESSAGES = [
 
 @pytest.mark.parametrize("path,value,problem", PLACEMENT_MESSAGES)
 def test_placement_errors_say_exactly_what_is_wrong(tmp_path, path, value, problem):
-    src = write(tmp_path, "p.json", _set(placement_doc(), path, value))
+    src = write(tmp_path, "p.json", with_entry(placement_doc(), path, value))
     if problem is None:
         Placement.load(src)
         return

@@ -6,7 +6,6 @@ on small inputs whose answers are worked out by hand in the comments."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
@@ -20,21 +19,9 @@ from vibe.model import Cluster, ExpertLoads, RoutingTrace
 from vibe.model.cluster import MAX_CURVE_TOKENS, MAX_LATENCY_US, GpuProfile
 from vibe.model.traces import check_trace_matches, concat_traces
 
-_DELETE = object()
+from _docs import DELETE, with_entry
 
 
-def _set(doc: dict, path: tuple, value) -> dict:
-    """`doc` with the entry at `path` replaced by `value` (or removed: _DELETE)."""
-    doc = copy.deepcopy(doc)
-    *head, last = path
-    node = doc
-    for k in head:
-        node = node[k]
-    if value is _DELETE:
-        del node[last]
-    else:
-        node[last] = value
-    return doc
 
 
 def _write(tmp_path, name: str, obj) -> str:
@@ -67,9 +54,9 @@ CLUSTER_MESSAGES = [
     (("gpus",), [], "'gpus' must be a non-empty list"),
     (("gpus",), {"0": {}}, "'gpus' must be a non-empty list"),
     (("gpus", 1), 3, "gpus[1] must be an object"),
-    (("gpus", 1, "latency"), _DELETE, "gpus[1] has no 'latency' object"),
+    (("gpus", 1, "latency"), DELETE, "gpus[1] has no 'latency' object"),
     (("gpus", 1, "latency"), [[2, 50], [4, 8]], "gpus[1] has no 'latency' object"),
-    (("gpus", 1, "latency", "tokens"), _DELETE, "missing 'gpus[1].latency.tokens'"),
+    (("gpus", 1, "latency", "tokens"), DELETE, "missing 'gpus[1].latency.tokens'"),
     (("gpus", 1, "latency", "us"), ["fast", "slow"], "'gpus[1].latency.us' is ragged or not numeric"),
     (("gpus", 1, "latency", "us"), [4.0, float("nan")], "'gpus[1].latency.us' holds non-finite values"),
     (("gpus", 1, "rank"), -1, "'gpus[1].rank' must be an integer >= 0, got -1"),
@@ -107,12 +94,12 @@ CLUSTER_MESSAGES = [
 
 @pytest.mark.parametrize("path,value,problem", CLUSTER_MESSAGES)
 def test_cluster_file_errors_word_for_word(tmp_path, path, value, problem):
-    src = _write(tmp_path, "c.json", _set(cluster_doc(), path, value))
+    src = _write(tmp_path, "c.json", with_entry(cluster_doc(), path, value))
     assert _message(Cluster.load, src) == f"{src}: {problem}"
 
 
 def test_cluster_from_dict_names_the_cluster_by_default():
-    assert _message(Cluster.from_dict, _set(cluster_doc(), ("gpus",), [])) == "cluster: 'gpus' must be a non-empty list"
+    assert _message(Cluster.from_dict, with_entry(cluster_doc(), ("gpus",), [])) == "cluster: 'gpus' must be a non-empty list"
 
 
 @pytest.mark.parametrize("path,value", [
@@ -127,7 +114,7 @@ def test_cluster_from_dict_names_the_cluster_by_default():
     (("gpus", 1, "telemetry"), None),
 ])
 def test_cluster_boundaries_that_are_accepted(tmp_path, path, value):
-    Cluster.load(_write(tmp_path, "c.json", _set(cluster_doc(), path, value)))
+    Cluster.load(_write(tmp_path, "c.json", with_entry(cluster_doc(), path, value)))
 
 
 def _gpu(rank=0, tokens=(1.0, 2.0), us=(1.0, 2.0), **kw) -> GpuProfile:
@@ -158,7 +145,7 @@ def test_cluster_constructor_errors_name_the_cluster(gpus, problem):
 
 
 def test_gpu_and_cluster_to_dict_by_hand(tmp_path):
-    c = Cluster.load(_write(tmp_path, "c.json", _set(cluster_doc(), ("gpus", 1, "telemetry"), {"clock": 1980})))
+    c = Cluster.load(_write(tmp_path, "c.json", with_entry(cluster_doc(), ("gpus", 1, "telemetry"), {"clock": 1980})))
     assert c.gpus[0].to_dict() == {"rank": 0, "node": 0, "name": "A", "overhead_us": 1.5,
                                    "latency": {"tokens": [1.0, 10.0, 100.0], "us": [5.0, 6.0, 15.0]}}
     assert c.gpus[1].to_dict()["telemetry"] == {"clock": 1980}
@@ -188,7 +175,7 @@ def test_gpu_defaults_and_extra_keys_from_a_file():
     full = cluster_doc()["gpus"][0] | {"telemetry": {"clock": 1}}
     assert Cluster.from_dict(dict(cluster_doc(), gpus=[full])).gpus[0].extra == {}
     # ranks out of order in the file are sorted
-    swapped = _set(_set(cluster_doc(), ("gpus", 0, "rank"), 1), ("gpus", 1, "rank"), 0)
+    swapped = with_entry(with_entry(cluster_doc(), ("gpus", 0, "rank"), 1), ("gpus", 1, "rank"), 0)
     assert [g.name for g in Cluster.from_dict(swapped).gpus] == ["B", "A"]
 
 
@@ -303,7 +290,7 @@ def loads_doc() -> dict:
 
 
 LOADS_MESSAGES = [
-    (("counts",), _DELETE, "missing 'counts'"),
+    (("counts",), DELETE, "missing 'counts'"),
     (("counts",), [1, 2, 3], "'counts' must be a 2-D array, got shape [3]"),
     (("counts",), [[1, 2], [3]], "'counts' is ragged or not numeric"),
     (("counts",), [[]], "counts must be a non-empty [layers, experts] matrix, got shape [1, 0]"),
@@ -317,7 +304,7 @@ LOADS_MESSAGES = [
      "count 9.0072e+15 at layer row 0, expert 2 is beyond 2**53"),
     (("top_k",), 0, "'top_k' must be a positive integer, got 0"),
     (("top_k",), 2.5, "'top_k' must be a positive integer, got 2.5"),
-    (("top_k",), _DELETE, "'top_k' must be a positive integer, got None"),
+    (("top_k",), DELETE, "'top_k' must be a positive integer, got None"),
     (("top_k",), 5, "top_k=5 exceeds the 4 experts"),
     (("layer_ids",), [1, 2, 3], "3 layer_ids for 2 count rows"),
     (("layer_ids",), [4, 4], "layer_ids repeat"),
@@ -329,12 +316,12 @@ LOADS_MESSAGES = [
 
 @pytest.mark.parametrize("path,value,problem", LOADS_MESSAGES)
 def test_loads_file_errors_word_for_word(tmp_path, path, value, problem):
-    src = _write(tmp_path, "l.json", _set(loads_doc(), path, value))
+    src = _write(tmp_path, "l.json", with_entry(loads_doc(), path, value))
     assert _message(ExpertLoads.load, src) == f"{src}: {problem}"
 
 
 def test_loads_from_dict_names_the_loads_by_default():
-    assert _message(ExpertLoads.from_dict, _set(loads_doc(), ("top_k",), 5)) == "loads: top_k=5 exceeds the 4 experts"
+    assert _message(ExpertLoads.from_dict, with_entry(loads_doc(), ("top_k",), 5)) == "loads: top_k=5 exceeds the 4 experts"
 
 
 @pytest.mark.parametrize("path,value", [
@@ -343,7 +330,7 @@ def test_loads_from_dict_names_the_loads_by_default():
     (("counts",), [[0, 0, 0, 0], [0, 0, 0, 1]]),  # a layer may see no token
 ])
 def test_loads_boundaries_that_are_accepted(tmp_path, path, value):
-    ExpertLoads.load(_write(tmp_path, "l.json", _set(loads_doc(), path, value)))
+    ExpertLoads.load(_write(tmp_path, "l.json", with_entry(loads_doc(), path, value)))
 
 
 LOADS_CONSTRUCTOR_MESSAGES = [
