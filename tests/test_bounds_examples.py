@@ -71,3 +71,110 @@ def test_bound_kind_names_the_bounds_taken():
     assert bounds.bound_kind(80, 64) == "replica-aware Lagrangian bound, max with the slot-work bound (replicas)"
     assert bounds.bound_kind(64, 64) == ("LP relaxation of the assignment, max with the hottest-expert, "
                                          "cheapest-slots and slot-work bounds")
+
+
+# ---- the convex minorant of each curve, as lines -------------------------------------------
+# Grid 1, 2, 4, 8 tokens; held at the floor below the first point. GPU 0: 10, 10, 12, 20 us;
+# GPU 1: 10, 16, 18, 26 us. Points on (0, 8] with (0, floor) first:
+#   GPU 0: (0,10) (1,10) (2,10) (4,12) (8,20). (1,10) lies on the chord (0,10)-(2,10):
+#   dropped. Hull (0,10) (2,10) (4,12) (8,20): slopes 0, 1, 2; intercepts 10, 12 - 4 = 8,
+#   12 - 8 = 4.
+#   GPU 1: (0,10) (1,10) (2,16) (4,18) (8,26). (2,16) lies above the chord (1,10)-(4,18),
+#   then (4,18) above (1,10)-(8,26): hull (0,10) (1,10) (8,26), slopes 0 and 16/7,
+#   intercept 10 - 16/7; padded to three lines by repeating the last.
+HULLS = Cluster.init_by_curves([1.0, 2.0, 4.0, 8.0], [[10.0, 10.0, 12.0, 20.0], [10.0, 16.0, 18.0, 26.0]])
+
+
+def test_convex_minorant_lines_by_hand():
+    icpt, slope = bounds.convex_minorant_lines(HULLS, 8.0)
+    assert icpt == pytest.approx(np.array([[10.0, 8.0, 4.0], [10.0, 10 - 16 / 7, 10 - 16 / 7]]), abs=1e-12)
+    assert slope == pytest.approx(np.array([[0.0, 1.0, 2.0], [0.0, 16 / 7, 16 / 7]]), abs=1e-12)
+    # up to 3 tokens only: GPU 0's hull is (0,10) (2,10) (3,11), GPU 1's (0,10) (1,10) (3,17)
+    icpt, slope = bounds.convex_minorant_lines(HULLS, 3.0)
+    assert slope == pytest.approx(np.array([[0.0, 1.0], [0.0, 3.5]]), abs=1e-12)
+    assert icpt == pytest.approx(np.array([[10.0, 8.0], [10.0, 6.5]]), abs=1e-12)
+
+
+# ---- the slot-work bound where the slots bind ----------------------------------------------
+# Curves flat at their floor up to 10 tokens: GPU 0 1 us, GPU 1 10 us; no overhead.
+FLOORS = Cluster.init_by_curves([10.0, 20.0], [[1.0, 3.0], [10.0, 30.0]])
+
+
+def test_slot_work_bound_counts_experts_with_one_token():
+    # four experts of one token each on 4 GPUs of one slot: each GPU runs one at its floor
+    four = Cluster.init_by_curves([10.0, 20.0], [[10.0, 30.0]] * 4)
+    assert bounds.slot_work_bound(four, np.ones((1, 4)), 1)[0] == pytest.approx(10.0, rel=1e-9)
+
+
+def test_slot_work_bound_holds_each_gpu_to_its_slots():
+    # four experts of one token, S = 2: GPU 0 takes two slots (2 us), so GPU 1 must run
+    # the other two, 2 x 10 us. (Three slots on GPU 0 would allow 10 us.)
+    assert bounds.slot_work_bound(FLOORS, np.ones((1, 4)), 2)[0] == pytest.approx(20.0, rel=1e-9)
+
+
+# ---- lp_bounds: exact where small, the dual where large, skipping what it cannot raise -----
+def _spy(monkeypatch, name: str) -> list:
+    calls, real = [], getattr(bounds, name)
+
+    def spy(*args, **kw):
+        calls.append((args, kw))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(bounds, name, spy)
+    return calls
+
+
+def test_lp_bounds_of_small_layers_are_the_exact_lp():
+    rng = np.random.default_rng(4)
+    costs, over = rng.uniform(1, 50, size=(3, 16, 4)), np.array([0.0, 1.0, 2.0, 3.0])
+    exact = [bounds.lp_lower_bound(c, over, 4) for c in costs]
+    assert bounds.lp_bounds(costs, over, 4) == pytest.approx(exact, rel=1e-12)
+    # a known bound below the LP does not stop the solve
+    assert bounds.lp_bounds(costs, over, 4, known=np.zeros(3)) == pytest.approx(exact, rel=1e-12)
+
+
+def test_lp_bounds_switch_to_the_dual_past_2048_variables(monkeypatch):
+    rng = np.random.default_rng(5)
+    # 256 experts on 8 distinct GPUs: 256 x 8 = 2048 LP variables, still exact
+    costs8, over8 = rng.uniform(1, 50, size=(1, 256, 8)), np.linspace(0, 3, 8)
+    # on 16 GPUs of 9 kinds (8 pairs and one more): 256 x 9 > 2048, the dual bound
+    kinds = np.array([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 8])
+    costs16 = rng.uniform(1, 50, size=(1, 256, 9))[:, :, kinds]
+    over16 = np.linspace(0, 3, 9)[kinds]
+    exact = _spy(monkeypatch, "lp_lower_bound")
+    dual = _spy(monkeypatch, "lagrangian_lower_bounds")
+    got8 = bounds.lp_bounds(costs8, over8, 32)
+    assert len(exact) == 1 and not dual
+    got16 = bounds.lp_bounds(costs16, over16, 16)
+    assert len(exact) == 1 and len(dual) == 1
+    monkeypatch.undo()
+    assert got8[0] == pytest.approx(bounds.lp_lower_bound(costs8[0], over8, 32), rel=1e-12)
+    assert got16[0] == bounds.lagrangian_lower_bounds(costs16, over16, 16)[0]
+
+
+def test_layer_lower_bounds_hand_each_bound_what_the_last_proved(monkeypatch):
+    from vibe.synth import synth_cluster, synth_loads
+
+    cluster = synth_cluster(4, scenario="fleet", seed=3)
+    loads = synth_loads(2, 8, 2, seed=3)
+    n_e = loads.expert_tokens(12.0)  # decode: some experts get under one token
+    fluid = np.array([bounds.fluid_bound(cluster, float(r.sum()), float(r.max())) for r in n_e])
+    active = bounds.active_slots_bound(cluster, (n_e > 0).sum(axis=1), 2)
+    slot_work = _spy(monkeypatch, "slot_work_bound")
+    replica = _spy(monkeypatch, "replica_lagrangian_bounds")
+    lp = _spy(monkeypatch, "lp_bounds")
+    without = bounds.layer_lower_bounds(loads, cluster, 12.0, 8)
+    assert np.array_equal(slot_work[0][1]["known"], np.maximum(fluid, active))
+    # prefill: the fluid bound binds, with its slots of at most the hottest expert's tokens
+    n_big = loads.expert_tokens(4096.0)
+    fluid_big = [bounds.fluid_bound(cluster, float(r.sum()), float(r.max())) for r in n_big]
+    bounds.layer_lower_bounds(loads, cluster, 4096.0, 8)
+    assert slot_work[1][1]["known"].tolist() == fluid_big
+    del slot_work[1], lp[1]
+    assert not replica and len(lp) == 1 and lp[0][1]["known"] is not None
+    assert np.all(without >= lp[0][1]["known"])
+    with_replicas = bounds.layer_lower_bounds(loads, cluster, 12.0, 12)
+    assert len(replica) == 1 and len(lp) == 1
+    known = replica[0][1]["known"]
+    assert known is not None and np.all(known >= np.maximum(fluid, bounds.active_slots_bound(
+        cluster, (n_e > 0).sum(axis=1), 3)) - 1e-12) and np.all(with_replicas >= known)

@@ -62,7 +62,7 @@ MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
                       None),
     "policies": (["src/vibe/policies/base.py", "src/vibe/policies/_packing.py", "src/vibe/policies/linear.py",
                   "src/vibe/policies/round_robin.py", "src/vibe/policies/token_balanced.py",
-                  "src/vibe/policies/eplb.py"], ["tests/test_policies.py"], None),
+                  "src/vibe/policies/eplb.py"], ["tests/test_policies.py", "tests/test_policies_examples.py"], None),
     "timebalance": (["src/vibe/policies/_timebalance.py", "src/vibe/policies/vibe.py"],
                     ["tests/test_timebalance_examples.py", "tests/test_worked_examples.py", "tests/test_vibe_policy.py",
                      "tests/test_robust.py"], None),
