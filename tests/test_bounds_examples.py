@@ -178,3 +178,75 @@ def test_layer_lower_bounds_hand_each_bound_what_the_last_proved(monkeypatch):
     known = replica[0][1]["known"]
     assert known is not None and np.all(known >= np.maximum(fluid, bounds.active_slots_bound(
         cluster, (n_e > 0).sum(axis=1), 3)) - 1e-12) and np.all(with_replicas >= known)
+
+
+# ---- the replica bound's one-dimensional helpers ---------------------------------------------
+def test_interp_rows_by_hand():
+    # Row 0: X = 0, 2, 2, 6 (a repeated point, as where curve points are clipped to the top)
+    # with H = 10, 14, 20, 28. y = 1 sits halfway on [0, 2]: 12; y = 2 takes the first
+    # segment that reaches it (left weight 0: 14); y = 4 halfway on [2, 6]: 24; past the
+    # ends the weights are clipped: y = -1 gives H[0], y = 7 gives H[3].
+    # Row 1: X = 0, 0, 0.5, 4 with H = 8, 9, 10, 17: y = 0 falls in the zero-width first
+    # segment (left point: 8); y = 0.25 halfway on [0, 0.5]: 9.5; y = 2.25 halfway on
+    # [0.5, 4]: 13.5.
+    X = np.array([[0.0, 2.0, 2.0, 6.0], [0.0, 0.0, 0.5, 4.0]])
+    H = np.array([[10.0, 14.0, 20.0, 28.0], [8.0, 9.0, 10.0, 17.0]])
+    y = np.array([[1.0, 2.0, 4.0, -1.0, 7.0, 6.0], [0.0, 0.25, 2.25, 0.5, 4.0, 0.0]])
+    with np.errstate(all="raise"):  # no division by a zero width, even one thrown away
+        h, seg, a = bounds._interp_rows(X, H, y)
+    assert h.tolist() == [[12.0, 14.0, 24.0, 10.0, 28.0, 28.0], [8.0, 9.5, 13.5, 10.0, 17.0, 8.0]]
+    assert seg.tolist() == [[0, 0, 2, 0, 2, 2], [0, 1, 2, 1, 2, 0]]
+    assert a.tolist() == [[0.5, 0.0, 0.5, 1.0, 0.0, 0.0], [1.0, 0.5, 0.5, 0.0, 0.0, 1.0]]
+
+
+def test_hull_pairs_by_hand():
+    # X = 0, 0.5, 2, 2: for point k every chord (i, j) with i <= k <= j, padded with (k, k);
+    # W is the weight of X_i in the mix landing on X_k: (X_j - X_k) / (X_j - X_i), 1 on a
+    # zero-width chord.
+    X = np.array([[0.0, 0.5, 2.0, 2.0]])
+    with np.errstate(all="raise"):
+        I, J, W = bounds._hull_pairs(X)
+    pairs = [sorted({(int(i), int(j)) for i, j in zip(I[k], J[k])}) for k in range(4)]
+    assert pairs[0] == [(0, 0), (0, 1), (0, 2), (0, 3)]
+    assert pairs[1] == [(0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (1, 3)]
+    assert pairs[2] == [(0, 2), (0, 3), (1, 2), (1, 3), (2, 2), (2, 3)]
+    assert pairs[3] == [(0, 3), (1, 3), (2, 3), (3, 3)]
+    weight = {(k, int(i), int(j)): float(w) for k in range(4) for i, j, w in zip(I[k], J[k], W[0, k])}
+    assert weight[(1, 0, 2)] == 0.75  # 0.5 = 0.75 * 0 + 0.25 * 2
+    assert weight[(1, 1, 3)] == 1.0 and weight[(1, 0, 1)] == 0.0
+    assert weight[(2, 1, 2)] == 0.0 and weight[(2, 2, 3)] == 1.0 and weight[(0, 0, 0)] == 1.0
+    assert weight[(2, 0, 3)] == 0.0 and weight[(1, 0, 3)] == 0.75 and weight[(0, 0, 1)] == 1.0
+
+
+# FLOORS again, with 5 us of overhead on both GPUs.
+FLOORS_O = Cluster.init_by_curves([10.0, 20.0], [[1.0, 3.0], [10.0, 30.0]], overhead_us=[5.0, 5.0])
+
+
+def test_slot_work_bound_per_layer_with_overheads():
+    # layer 0: four one-token experts, S = 2: GPU 1 runs two floors after its overhead,
+    # 5 + 2 x 10 = 25. Layer 1: one expert of 5 tokens, alone on GPU 0: 5 + 1 = 6.
+    n_e = np.array([[1.0, 1.0, 1.0, 1.0], [5.0, 0.0, 0.0, 0.0]])
+    with np.errstate(all="raise"):
+        got = bounds.slot_work_bound(FLOORS_O, n_e, 2)
+    assert got == pytest.approx([25.0, 6.0], rel=1e-9)
+    # without overheads: 20 and 1
+    assert bounds.slot_work_bound(FLOORS, n_e, 2) == pytest.approx([20.0, 1.0], rel=1e-9)
+
+
+def test_slot_work_bound_starts_from_what_is_known():
+    n_e = np.ones((1, 4))
+    assert bounds.slot_work_bound(FLOORS, n_e, 2, known=np.array([30.0]))[0] >= 30.0
+    assert bounds.slot_work_bound(FLOORS, n_e, 2, known=np.array([3.0]))[0] == pytest.approx(20.0, rel=1e-9)
+
+
+@pytest.mark.parametrize("batch", [24.0, 2048.0])  # decode (some experts idle) and prefill
+def test_slot_work_bound_of_many_layers_is_each_layers_own(batch):
+    from vibe.synth import synth_cluster, synth_loads
+
+    cluster = synth_cluster(4, scenario="power-cap", seed=2)
+    n_e = synth_loads(5, 16, 4, seed=8).expert_tokens(batch)
+    n_e[2] = 0.0  # and a layer without tokens
+    together = bounds.slot_work_bound(cluster, n_e, 4)
+    alone = [bounds.slot_work_bound(cluster, n_e[l:l + 1], 4)[0] for l in range(5)]
+    assert together == pytest.approx(alone, rel=1e-9)
+    assert together[2] == cluster.overhead_us.max()

@@ -146,13 +146,13 @@ def test_unknown_policy_lists_the_available_ones(monkeypatch):
 
 
 def test_slot_layout_messages():
-    loads = ExpertLoads(np.ones((1, 10)), 1)
+    loads = ExpertLoads(np.ones((1, 9)), 1)
     cluster = synth_cluster(4, scenario="identical")
     with pytest.raises(VibeError, match=r"^--redundant must be >= 0$"):
         slots_per_gpu(loads, cluster, PlacementOptions(redundant=-1))
-    # 10 experts on 4 GPUs: 2 more slots make 12, then every 4 more.
+    # 9 experts on 4 GPUs: 3 more slots make 12, then every 4 more.
     with pytest.raises(VibeError) as err:
         slots_per_gpu(loads, cluster, PlacementOptions(redundant=1))
-    assert str(err.value) == ("10 experts + 1 redundant = 11 slots cannot be split evenly over 4 GPUs "
-                              "(use --redundant 2, 6, ...)")
-    assert slots_per_gpu(loads, cluster, PlacementOptions(redundant=6)) == 4
+    assert str(err.value) == ("9 experts + 1 redundant = 10 slots cannot be split evenly over 4 GPUs "
+                              "(use --redundant 3, 7, ...)")
+    assert slots_per_gpu(loads, cluster, PlacementOptions(redundant=7)) == 4

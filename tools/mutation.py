@@ -4,6 +4,8 @@
     python tools/mutation.py cost placement  # some modules (names from MODULES below)
     python tools/mutation.py --report        # only print the table of the last runs
     python tools/mutation.py --survivors cost   # list one module's surviving mutants
+    python tools/mutation.py --recheck cost     # re-run its survivors against today's tests
+    python tools/mutation.py --write-survivors  # docs/mutation-survivors.md from the last runs
 
 Each module runs in its own scratch folder build/mutation/<name>/ (a copy of src/,
 tests/ and pyproject.toml whose [tool.mutmut] section names that module and its fast
@@ -101,12 +103,10 @@ def prepare(name: str) -> Path:
     # mutmut keeps verdicts per function and would not re-run a survivor after the tests
     # changed: start each run from scratch
     shutil.rmtree(work / "mutants", ignore_errors=True)
-    for sub in ("src", "tests", "docs"):  # some tests read the docs' examples
+    for sub in ("src", "docs"):  # some tests read the docs' examples
         shutil.rmtree(work / sub, ignore_errors=True)
         shutil.copytree(ROOT / sub, work / sub, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    # mutmut runs each mutant's tests with -x in no set order: cheapest first stops sooner
-    with open(work / "tests" / "conftest.py", "a") as conftest:
-        conftest.write(_CHEAPEST_FIRST)
+    _copy_tests(work)
     base = (ROOT / "pyproject.toml").read_text()
     base = base.split("\n[tool.mutmut]")[0]  # the repo's own section, if any, is replaced
     (work / "pyproject.toml").write_text(base.rstrip() + "\n\n[tool.mutmut]\n"
@@ -119,11 +119,26 @@ def prepare(name: str) -> Path:
     return work
 
 
-def run(name: str, children: int) -> int:
-    work = prepare(name)
+def _copy_tests(work: Path) -> None:
+    shutil.rmtree(work / "tests", ignore_errors=True)
+    shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    # mutmut runs each mutant's tests with -x in no set order: cheapest first stops sooner
+    with open(work / "tests" / "conftest.py", "a") as conftest:
+        conftest.write(_CHEAPEST_FIRST)
+
+
+def run(name: str, children: int, only: list[str] | None = None) -> int:
+    """mutmut over module `name` from scratch, or (only) just those mutants of the last
+    run, against the tests as they are now (the mutated source must not have changed)."""
+    if only is None:
+        work = prepare(name)
+    else:
+        work = BUILD / name
+        _copy_tests(work)
     env = dict(os.environ, VIBE_SHARED_DATA=str(work / "no-shared-data"), PYTHONDONTWRITEBYTECODE="1")
     env.pop("PYTHONPATH", None)  # mutmut puts mutants/src first; the original must not be importable
-    cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *(MODULES[name][2] or [])]
+    cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(children),
+           *(only if only is not None else MODULES[name][2] or [])]
     print(f"== {name}: mutmut on {', '.join(MODULES[name][0])} with {', '.join(MODULES[name][1])}", flush=True)
     return subprocess.call(cmd, cwd=work, env=env, stdout=subprocess.DEVNULL if not os.environ.get("VERBOSE") else None)
 
@@ -140,7 +155,10 @@ def statuses(name: str) -> dict[str, str]:
         meta = BUILD / name / "mutants" / (f + ".meta")
         if not meta.exists():
             continue
-        data = json.loads(meta.read_text())
+        try:
+            data = json.loads(meta.read_text())
+        except json.JSONDecodeError:  # mutmut is writing it right now
+            continue
         for key, code in data.get("exit_code_by_key", {}).items():
             if patterns is None or any(fnmatch.fnmatch(key, p) for p in patterns):
                 out[key] = status_by_exit_code[code]
@@ -179,11 +197,126 @@ def report(names: list[str]) -> bool:
     return ok
 
 
-def survivors(name: str) -> None:
+def survivor_names(name: str) -> list[str]:
     eq = equivalent()
-    for k, s in sorted(statuses(name).items()):
-        if s not in ("killed", "timeout", "not checked") and k not in eq:
-            print(f"{k}: {s}")
+    return [k for k, s in sorted(statuses(name).items()) if s not in ("killed", "timeout", "not checked") and k not in eq]
+
+
+def survivors(name: str) -> None:
+    st = statuses(name)
+    for k in survivor_names(name):
+        print(f"{k}: {st[k]}")
+
+
+SURVIVORS_DOC = ROOT / "docs" / "mutation-survivors.md"
+
+# Why the survivors of a function were not killed, for functions with many of them: these
+# are search and bookkeeping choices whose mutants still return valid results (the tests
+# check validity exactly) and differ only in quality, which the tests bound with slack.
+SURVIVOR_NOTES = {
+    "_timebalance.x__best_swaps": "the swap search's candidates, scores and tie rules: a mutant picks another "
+    "improving swap or none; local_search applies only swaps that lower the objective, so the plan stays "
+    "valid and no worse than its start (tested), and only its quality moves",
+    "_timebalance.x_local_search": "the local search's schedule (partner GPUs, rounds, swap budget, the full "
+    "search when stuck): a mutant searches more or less; every accepted step still lowers the objective",
+    "_timebalance.x__critical_gpus": "which GPUs are searched first (votes over operating points, tie-breaks "
+    "by relative load): another order of the same candidates",
+    "_timebalance.x_allocate_replicas": "tie-breaks and the top-2 bookkeeping of the replica allotment: "
+    "another expert among near-equal ones gets the replica",
+    "_timebalance.x_speed_split": "the speed split's rounds and tolerances: how far replica shares move "
+    "towards equal finish times, not whether the result is a valid split",
+    "_timebalance.x_layer_rows": "the node step's speed scale and rounding (groups per node): another "
+    "node for a group among near-equal ones",
+    "_timebalance.x_construct": "the construction's item order and tie rules: another start for the search",
+    "_timebalance.x_duplicates": "the counting key's row offset and multipliers: rows are sorted one by one, "
+    "so any injective key per row counts the same duplicates",
+    "_timebalance.x_slot_layout": "multipliers of a sort key that only has to keep GPUs apart",
+    "_timebalance.x_solve_rows": "how rows are batched and which start is kept on ties",
+    "_timebalance.x_repair_duplicates": "which duplicate is moved first; every repair ends without duplicates",
+    "_timebalance.x__top3": "padding of the three largest values for fewer than 4 GPUs",
+    "_timebalance.x__rest_max": "padding of the largest other value",
+    "_timebalance.x_solve_placement": "options plumbing whose default equals the mutated value here",
+    "_timebalance.x_robust_solve": "the sample count read from another start of the same shape",
+    "_timebalance.x_perturb": "the random perturbation's draw: another equally random kick",
+    "_timebalance.x__apply_swaps": "bookkeeping of forced doubles, which only arise with more slots than experts",
+    "bounds.x_lagrangian_lower_bounds": "the dual ascent's tuning (temperatures, iteration counts, "
+    "float32 work arrays, scaling, the optimiser's options): how close the bound gets; its value is "
+    "re-scored exactly, so it stays a valid bound",
+    "bounds.x_replica_lagrangian_bounds": "the replica bound's ascent (step sizes, rounds, tolerances): "
+    "how close it gets; the final multipliers are re-scored exactly",
+    "bounds.x_replica_lagrangian_value": "the soft-min temperature of the ascent direction only",
+    "bounds.x_slot_work_bound": "the bisection's bracket and tolerances, and branch rules that only matter "
+    "when fewer slots than experts can take tokens",
+}
+
+
+def _categorize(old: str, new: str) -> str:
+    """A reason from the shape of the change, or "" when it takes reading the function."""
+    o, n = re.sub(r"\s+", "", old), re.sub(r"\s+", "", new)
+    if o.lower() == n.lower() and "einsum" in o:
+        return "equivalent: upper-case einsum labels, the same contraction"
+    if re.sub(r"reshape\(([^)]*)-2", r"reshape(\1-1", n) == o:
+        return "equivalent: numpy reads any negative reshape size as the inferred one"
+    strip_kind = lambda t: re.sub(r',?kind=("[A-Za-z]*"|None)', "", t)  # noqa: E731
+    if "kind=" in o and strip_kind(o).replace(",)", ")") == strip_kind(n).replace(",)", ")"):
+        return "sort kind: 'STABLE' is read case-insensitively; an unstable sort differs only among equal keys"
+    strip_dtype = lambda t: re.sub(r",?dtype=[\w.]+", "", re.sub(r"\.astype\([\w.]+\)", "", t))  # noqa: E731
+    if strip_dtype(o).replace(",)", ")") == strip_dtype(n).replace(",)", ")"):
+        return "dtype of an intermediate array (float32 / float64 / int): the same values to the tests' precision"
+    strip_axis = lambda t: re.sub(r",?(axis|axes)=[-+\w]+", "", re.sub(r"\(([-+]?1)\)", "()", t))  # noqa: E731
+    if strip_axis(o).replace(",)", ")") == strip_axis(n).replace(",)", ")"):
+        return "the axis of a reduction, sort or gather: numpy's default (-1) is the same axis for these shapes"
+    return ""
+
+
+def _tolerance(old: str, new: str) -> str:
+    """A reason for a change of a float tolerance (1e-9, 1e-12, ...) or of < vs <= beside one."""
+    o, n = re.sub(r"\s+", "", old), re.sub(r"\s+", "", new)
+    tol = r"1e-\d+|1\.0+\d+"
+    if not re.search(tol, o):
+        return ""
+    nums = lambda t: re.sub(r"\d+(\.\d*)?(e[-+]?\d+)?", "N", t).replace("<=", "<").replace(">=", ">")  # noqa: E731
+    if nums(o) == nums(n):
+        return "a tie tolerance or margin (1e-9, 1e-12): moves results by about that much, below what any test resolves"
+    return ""
+
+
+def _mutant_lines(work: Path, name: str) -> tuple[str, str]:
+    out = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=work, capture_output=True, text=True).stdout
+    old = " ".join(l[1:].strip() for l in out.splitlines() if l.startswith("-") and not l.startswith("---"))
+    new = " ".join(l[1:].strip() for l in out.splitlines() if l.startswith("+") and not l.startswith("+++"))
+    return old, new
+
+
+def write_survivors_doc(names: list[str]) -> None:
+    """docs/mutation-survivors.md: every survivor of the last runs that docs/testing.md
+    does not list as equivalent, with its mutated line and why it was not killed."""
+    lines = ["# Surviving mutants", "",
+             "Written by `python tools/mutation.py --write-survivors` from the last `make mutation` runs: every",
+             "mutant that survived its module's tests and is not listed as equivalent in docs/testing.md, with",
+             "the line it changes and why no test kills it. The reason comes from the shape of the change",
+             "where that decides it, else from the notes on its function in tools/mutation.py; these count",
+             "as survivors in the scores.", ""]
+    for name in names:
+        left = survivor_names(name)
+        lines += [f"## {name} ({len(left)} survivors)", ""]
+        if not left:
+            lines += ["None.", ""]
+            continue
+        lines += ["| mutant | mutated line | why it survives |", "|---|---|---|"]
+        for key in left:
+            old, new = _mutant_lines(BUILD / name, key)
+            func = key.split("__mutmut_")[0].split("vibe.")[-1]
+            func = func.split(".", 1)[-1] if func.startswith("policies.") else func
+            why = (_categorize(old, new) or SURVIVOR_NOTES.get(func.replace("policies.", ""))
+                   or _tolerance(old, new) or "not killed: a boundary or constant that no test pins down")
+            shown = new.replace("|", "\\|") if len(new) <= 110 else new[:107].replace("|", "\\|") + "..."
+            lines.append(f"| `{key.split('.', 1)[1]}` | `{shown}` | {why} |")
+        lines.append("")
+    tmp = SURVIVORS_DOC.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines))
+    tmp.replace(SURVIVORS_DOC)
+    print(f"wrote {SURVIVORS_DOC.relative_to(ROOT)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("modules", nargs="*", help=f"some of: {', '.join(MODULES)} (default: all)")
     ap.add_argument("--report", action="store_true", help="only print the scores of the last runs")
     ap.add_argument("--survivors", action="store_true", help="list surviving mutants of the modules")
+    ap.add_argument("--write-survivors", action="store_true", help=f"write {SURVIVORS_DOC.name} from the last runs")
+    ap.add_argument("--recheck", action="store_true",
+                    help="re-run the last run's survivors (not listed as equivalent) against the current tests")
     ap.add_argument("--children", type=int, default=max(1, min(2, os.cpu_count() or 1)))
     args = ap.parse_args(argv)
     names = args.modules or list(MODULES)
@@ -201,7 +337,15 @@ def main(argv: list[str] | None = None) -> int:
         for n in names:
             survivors(n)
         return 0
-    if not args.report:
+    if args.write_survivors:
+        write_survivors_doc([n for n in names if statuses(n)])
+        return 0
+    if args.recheck:
+        for n in names:
+            left = survivor_names(n)
+            if left and run(n, args.children, only=left) != 0:
+                print(f"mutmut exited non-zero re-checking {n}", file=sys.stderr)
+    elif not args.report:
         for n in names:
             rc = run(n, args.children)
             if rc not in (0,):
