@@ -224,7 +224,7 @@ def test_lagrangian_bound_is_below_and_close_to_the_exact_lp(E, G, scenario, B):
     exact = np.array([cost.lp_lower_bound(c, over, S) for c in costs])
     fast = cost.lagrangian_lower_bounds(costs, over, S)
     assert np.all(fast <= exact * (1 + 1e-9))
-    assert np.all(fast >= exact * (1 - 5e-3)), (exact - fast) / exact
+    assert np.all(fast >= exact * (1 - 1e-3)), (exact - fast) / exact  # typically within 0.01-0.06%
 
 
 @SETTINGS

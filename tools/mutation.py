@@ -239,6 +239,23 @@ SURVIVOR_NOTES = {
     "_timebalance.x_robust_solve": "the sample count read from another start of the same shape",
     "_timebalance.x_perturb": "the random perturbation's draw: another equally random kick",
     "_timebalance.x__apply_swaps": "bookkeeping of forced doubles, which only arise with more slots than experts",
+    "recal.repair.xǁ_Stateǁ_excess": "the form of the greedy's potential (how excess over the level is "
+    "weighted): another order of improving steps; each applied step is checked to lower the layer's time",
+    "recal.repair.xǁ_Stateǁnext_step": "the step filters and tie weights of the greedy: another improving step",
+    "recal.repair.xǁ_Stateǁheavy_slots": "which GPUs count as heavy: every test has at most HEAVY_GPUS = 8 "
+    "GPUs, where all of them are",
+    "recal.repair.xǁ_Stateǁswaps": "the swap mask: which swaps are scored; another improving swap",
+    "recal.repair.xǁ_Stateǁsingles": "single moves' candidate filters (the double-replica branch)",
+    "recal.repair.xǁ_Stateǁrefresh": "zero-division guards and the cached replica costs' form",
+    "recal.repair.xǁ_Stateǁcycles": "the chain search's pruning: fewer or more chains tried, each applied one "
+    "checked to lower the time",
+    "recal.repair.xǁ_Stateǁnext_chain_step": "which chain is taken among improving ones",
+    "recal.repair.xǁ_Stateǁnext_makespan_step": "the makespan step's tie rules",
+    "recal.repair.xǁ_Sequenceǁbest_chunk": "which prefix of a layer's steps is committed (gain per move ties)",
+    "recal.repair.x_greedy_chunks": "the global greedy's order over layers: the same steps in another order",
+    "recal.repair.x_beam_options": "the beam's width and pruning: other options of a layer, each a valid repair",
+    "recal.repair.x_layer_options": "which of a layer's options are kept (gain per move thresholds)",
+    "recal.repair.x_budgeted_layers": "the budget split's knapsack rounding",
     "bounds.x_lagrangian_lower_bounds": "the dual ascent's tuning (temperatures, iteration counts, "
     "float32 work arrays, scaling, the optimiser's options): how close the bound gets; its value is "
     "re-scored exactly, so it stays a valid bound",
