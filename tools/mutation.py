@@ -261,7 +261,26 @@ SURVIVOR_NOTES = {
     "re-scored exactly, so it stays a valid bound",
     "bounds.x_replica_lagrangian_bounds": "the replica bound's ascent (step sizes, rounds, tolerances): "
     "how close it gets; the final multipliers are re-scored exactly",
-    "bounds.x_replica_lagrangian_value": "the soft-min temperature of the ascent direction only",
+    "bounds.x_replica_lagrangian_value": "the replica bound's value at given multipliers and, mostly, its "
+    "ascent direction (the subgradient's soft-min spread, masses and work): the tests check the bound "
+    "against brute-force and hand-derived optima and below every plan, which a weaker value or a worse "
+    "direction still passes",
+    "bounds.x__largest_piece": "the largest piece within a budget, used to restrict the replica bound's "
+    "search: a smaller or larger restriction changes how tight the bound gets",
+    "bounds.x_lp_lower_bound": "equivalent LP formulations (default bounds x >= 0 with the assignment rows "
+    "capping x at 1, a scaled objective, the solver name's case, the sparse matrix's inferred shape) or "
+    "dtypes of float inputs",
+    "bounds.x_cheapest_slots_bound": "one of the cheap bounds under the maximum in layer_lower_bounds: its "
+    "edge cases (partition index, S equal to E) never decide the maximum in the tests",
+    "bounds.x_gpu_kinds": "dtypes of float inputs",
+    "bounds.x_lp_bounds": "dtypes of the skip mask",
+    "bounds.x_lagrangian_value": "`sum(+1)` for `sum(-1)` on [L, G] and [L, E] arrays: the same axis",
+    "bounds.x__hull_pairs": "zero-width chords join points at the same x, whose values are equal: any weight "
+    "there gives the same mix",
+    "bounds.x__interp_rows": "clip limits that a count of points cannot pass, and the fallback of a "
+    "zero-width segment, which the outer where or the clip to [0, 1] discards",
+    "bounds.x_convex_minorant_lines": "a repeated point (j = 0 again, or the top when it is a grid point) "
+    "is popped at once: the same hull",
     "bounds.x_slot_work_bound": "the bisection's bracket and tolerances, and branch rules that only matter "
     "when fewer slots than experts can take tokens",
 }
