@@ -146,3 +146,41 @@ def test_a_single_move_off_a_gpu_that_holds_two_replicas_of_its_expert():
                            PlacementOptions(batch_tokens=(14.0,), weights=(1.0,)), max_moves=1)
     assert [(m.slot, m.old_expert, m.new_expert) for m in rep.moves] == [(0, 0, 1)]
     assert rep.before_us == pytest.approx(10.0) and rep.after_us == pytest.approx(8.0)
+
+
+# ---- one step of the makespan greedy, on the state itself ----------------------------------
+def _state(cluster, plan, tokens):
+    from vibe.recal.repair import _State
+
+    return _State(plan, cluster, np.array([tokens], dtype=np.float64), np.array([1.0]), ())
+
+
+def test_the_makespan_step_is_the_swap_that_lowers_the_makespan_most():
+    """two_gpu_case: plan [2 3 | 0 1] at 3 and 22 us. Swaps: 2<->0 7 / 14, 2<->1 6 / 16,
+    3<->0 8 / 12, 3<->1 7 / 14: 3<->0 (slots 1 and 2) lowers the makespan most."""
+    cluster, loads, plan, _ = two_gpu_case()
+    st = _state(cluster, plan, loads.counts)
+    st.next_step = lambda *a: pytest.fail("fell back to the potential step")
+    step = st.next_makespan_step(0, st.level(0), 1e-9)
+    assert sorted(step) == [(1, 0), (2, 3)]
+
+
+def test_the_makespan_step_takes_a_single_move_itself():
+    """The single-move case above: [0 1 | 0 2], tokens (2, 8, 2), 9 and 3 us; no swap lowers
+    the makespan, re-pointing slot 2 (expert 0's replica on GPU 1) to expert 1 gives 6."""
+    cluster = Cluster.init_by_curves([1.0, 100.0], np.tile([1.0, 100.0], (2, 1)), 0.0)
+    st = _state(cluster, plan_of([[0, 1, 0, 2]], 2), [[2.0, 8.0, 2.0]])
+    st.next_step = lambda *a: pytest.fail("fell back to the potential step")
+    assert st.next_makespan_step(0, st.level(0), 1e-9) == [(2, 1)]
+
+
+def test_on_a_plateau_the_makespan_step_falls_back_to_the_potential():
+    """3 GPUs x 2 slots, 1 us per token, tokens (5, 5, 5, 5, 1, 1); plan [0 1 | 2 3 | 4 5]:
+    10, 10 and 2 us. Any swap leaves one GPU at 10: no step lowers the makespan, but a
+    5 <-> 1 swap between GPU 2 and GPU 0 or 1 lowers the excess over the level (22 / 3)."""
+    cluster = Cluster.init_by_curves([1.0, 100.0], np.tile([1.0, 100.0], (3, 1)), 0.0)
+    st = _state(cluster, plan_of([[0, 1, 2, 3, 4, 5]], 3), [[5.0, 5.0, 5.0, 5.0, 1.0, 1.0]])
+    step = st.next_makespan_step(0, st.level(0), 1e-9)
+    assert step is not None and len(step) == 2
+    slots = sorted(s for s, _ in step)
+    assert slots[0] in range(4) and slots[1] in (4, 5)

@@ -250,7 +250,11 @@ SURVIVOR_NOTES = {
     "recal.repair.xǁ_Stateǁcycles": "the chain search's pruning: fewer or more chains tried, each applied one "
     "checked to lower the time",
     "recal.repair.xǁ_Stateǁnext_chain_step": "which chain is taken among improving ones",
-    "recal.repair.xǁ_Stateǁnext_makespan_step": "the makespan step's tie rules",
+    "recal.repair.xǁ_Stateǁnext_makespan_step": "the makespan step's tie weight (1e-9 of the potential, "
+    "scaled by the level) and its comparisons at the tolerance: another step among near-equal ones",
+    "recal.repair.xǁ_Stateǁforced_rehome": "which of equally good live slots takes a lost expert",
+    "recal.repair.xǁ_Stateǁ_may_take": "a filter whose other branch the swap mask already excludes",
+    "recal.repair.xǁ_Stateǁ__init__": "dtypes of the count arrays (small integers)",
     "recal.repair.xǁ_Sequenceǁbest_chunk": "which prefix of a layer's steps is committed (gain per move ties)",
     "recal.repair.x_greedy_chunks": "the global greedy's order over layers: the same steps in another order",
     "recal.repair.x_beam_options": "the beam's width and pruning: other options of a layer, each a valid repair",
