@@ -255,11 +255,14 @@ SURVIVOR_NOTES = {
     "recal.repair.xǁ_Stateǁforced_rehome": "which of equally good live slots takes a lost expert",
     "recal.repair.xǁ_Stateǁ_may_take": "a filter whose other branch the swap mask already excludes",
     "recal.repair.xǁ_Stateǁ__init__": "dtypes of the count arrays (small integers)",
+    "recal.repair.x__layer_sequence": "when a layer's own sequence stops (cap and mode checks): a longer or "
+    "shorter sequence of improving steps",
+    "recal.repair.xǁ_Sequenceǁ_extend": "how far ahead a layer's steps are generated",
     "recal.repair.xǁ_Sequenceǁbest_chunk": "which prefix of a layer's steps is committed (gain per move ties)",
-    "recal.repair.x_greedy_chunks": "the global greedy's order over layers: the same steps in another order",
-    "recal.repair.x_beam_options": "the beam's width and pruning: other options of a layer, each a valid repair",
-    "recal.repair.x_layer_options": "which of a layer's options are kept (gain per move thresholds)",
-    "recal.repair.x_budgeted_layers": "the budget split's knapsack rounding",
+    "recal.repair.x__greedy_chunks": "the global greedy's order over layers: the same steps in another order",
+    "recal.repair.x__beam_options": "the beam's width and pruning: other options of a layer, each a valid repair",
+    "recal.repair.x__layer_options": "which of a layer's options are kept (gain per move thresholds)",
+    "recal.repair.x__budgeted_layers": "the budget split's knapsack rounding",
     "bounds.x_lagrangian_lower_bounds": "the dual ascent's tuning (temperatures, iteration counts, "
     "float32 work arrays, scaling, the optimiser's options): how close the bound gets; its value is "
     "re-scored exactly, so it stays a valid bound",
@@ -349,7 +352,7 @@ def write_survivors_doc(names: list[str]) -> None:
             func = key.split("__mutmut_")[0].split("vibe.")[-1]
             func = func.split(".", 1)[-1] if func.startswith("policies.") else func
             why = (_categorize(old, new) or SURVIVOR_NOTES.get(func.replace("policies.", ""))
-                   or _tolerance(old, new) or "not killed: a boundary or constant that no test pins down")
+                   or _tolerance(old, new) or "not analysed one by one: no test of the module detects this change")
             shown = new.replace("|", "\\|") if len(new) <= 110 else new[:107].replace("|", "\\|") + "..."
             lines.append(f"| `{key.split('.', 1)[1]}` | `{shown}` | {why} |")
         lines.append("")
