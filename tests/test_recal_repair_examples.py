@@ -231,3 +231,19 @@ def test_closed_chains_are_the_best_of_every_chain(G):
         assert st.layer_value(0) - before == pytest.approx(df, abs=1e-9)
         st.phy[0] = row
         st.refresh(0)
+
+
+def test_too_few_live_slots_name_the_redundancy_that_would_survive():
+    """5 experts on 4 GPUs x 2 slots (3 replicas); 2 GPUs lost leave 4 slots. A plan that
+    survives needs (5 + r) % 4 == 0 and 2 x (5 + r) / 4 >= 5: r = 3 gives 4 slots, r = 7
+    gives 6. With 6 experts (2 replicas): r = 2 gives 4 slots, r = 6 exactly 6."""
+    from vibe.errors import VibeError
+    from vibe.recal.repair import _check_room
+
+    with pytest.raises(VibeError) as err:
+        _check_room(plan_of([[0, 1, 2, 3, 4, 0, 1, 2]], 4), 2)
+    assert str(err.value) == ("5 experts need 5 live slots; 2 live GPUs x 2 slots hold only 4 "
+                              "(a plan that survives this loss needs --redundant 7 or more)")
+    with pytest.raises(VibeError, match=r"needs --redundant 6 or more\)$"):
+        _check_room(plan_of([[0, 1, 2, 3, 4, 5, 0, 1]], 4), 2)
+    _check_room(plan_of([[0, 1, 2, 3, 4, 5, 0, 1]], 4), 3)  # 6 live slots: room enough
