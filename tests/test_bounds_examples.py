@@ -165,16 +165,16 @@ def test_layer_lower_bounds_hand_each_bound_what_the_last_proved(monkeypatch):
     lp = _spy(monkeypatch, "lp_bounds")
     without = bounds.layer_lower_bounds(loads, cluster, 12.0, 8)
     assert np.array_equal(slot_work[0][1]["known"], np.maximum(fluid, active))
+    assert not replica and len(lp) == 1 and lp[0][1]["known"] is not None
+    assert np.all(without >= lp[0][1]["known"])
     # prefill: the fluid bound binds, with its slots of at most the hottest expert's tokens
     n_big = loads.expert_tokens(4096.0)
     fluid_big = [bounds.fluid_bound(cluster, float(r.sum()), float(r.max())) for r in n_big]
     bounds.layer_lower_bounds(loads, cluster, 4096.0, 8)
     assert slot_work[1][1]["known"].tolist() == fluid_big
-    del slot_work[1], lp[1]
-    assert not replica and len(lp) == 1 and lp[0][1]["known"] is not None
-    assert np.all(without >= lp[0][1]["known"])
+    # with replicas: the replica bound instead of the LP
     with_replicas = bounds.layer_lower_bounds(loads, cluster, 12.0, 12)
-    assert len(replica) == 1 and len(lp) == 1
+    assert len(replica) == 1 and len(lp) == 2
     known = replica[0][1]["known"]
     assert known is not None and np.all(known >= np.maximum(fluid, bounds.active_slots_bound(
         cluster, (n_e > 0).sum(axis=1), 3)) - 1e-12) and np.all(with_replicas >= known)

@@ -331,6 +331,23 @@ def _mutant_lines(work: Path, name: str) -> tuple[str, str]:
     return old, new
 
 
+def _kept_sections(rewritten: list[str]) -> dict[str, list[str]]:
+    """Sections of the current survivors doc for modules not being rewritten: [lines]."""
+    if not SURVIVORS_DOC.exists():
+        return {}
+    out: dict[str, list[str]] = {}
+    current = None
+    for line in SURVIVORS_DOC.read_text().splitlines():
+        head = re.match(r"## ([\w-]+) \(", line)
+        if head:
+            current = head.group(1) if head.group(1) not in rewritten else None
+            if current:
+                out[current] = []
+        if current:
+            out[current].append(line)
+    return out
+
+
 def write_survivors_doc(names: list[str]) -> None:
     """docs/mutation-survivors.md: every survivor of the last runs that docs/testing.md
     does not list as equivalent, with its mutated line and why it was not killed."""
@@ -340,7 +357,11 @@ def write_survivors_doc(names: list[str]) -> None:
              "the line it changes and why no test kills it. The reason comes from the shape of the change",
              "where that decides it, else from the notes on its function in tools/mutation.py; these count",
              "as survivors in the scores.", ""]
-    for name in names:
+    kept = _kept_sections(names)
+    for name in [n for n in MODULES if n in names or n in kept]:
+        if name not in names:  # not rewritten (no run here, or not asked for): as it was
+            lines += kept[name]
+            continue
         left = survivor_names(name)
         lines += [f"## {name} ({len(left)} survivors)", ""]
         if not left:
@@ -349,9 +370,8 @@ def write_survivors_doc(names: list[str]) -> None:
         lines += ["| mutant | mutated line | why it survives |", "|---|---|---|"]
         for key in left:
             old, new = _mutant_lines(BUILD / name, key)
-            func = key.split("__mutmut_")[0].split("vibe.")[-1]
-            func = func.split(".", 1)[-1] if func.startswith("policies.") else func
-            why = (_categorize(old, new) or SURVIVOR_NOTES.get(func.replace("policies.", ""))
+            func = key.split("__mutmut_")[0].removeprefix("vibe.").removeprefix("policies.")
+            why = (_categorize(old, new) or SURVIVOR_NOTES.get(func)
                    or _tolerance(old, new) or "not analysed one by one: no test of the module detects this change")
             shown = new.replace("|", "\\|") if len(new) <= 110 else new[:107].replace("|", "\\|") + "..."
             lines.append(f"| `{key.split('.', 1)[1]}` | `{shown}` | {why} |")
