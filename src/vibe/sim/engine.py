@@ -15,6 +15,7 @@ import numpy as np
 
 from vibe.errors import VibeError
 from vibe.model import Cluster, ExpertLoads, Placement, RoutingTrace
+from vibe.sim.ceiling import CeilingPredictor
 from vibe.sim.hardware import HardwareModel, plan_drift, speed_factors, static_speed_ratio
 from vibe.sim.models import ModelSpec, check_model_matches
 from vibe.sim.predictor import GpuSpec, Predictor, make_router
@@ -112,7 +113,7 @@ def simulate(workload: Workload, cluster: Cluster, loads: ExpertLoads, placement
              scheduler: SchedulerConfig = SchedulerConfig(), hardware: HardwareModel = HardwareModel(),
              trace: RoutingTrace | None = None, routing: str = "sample", seed: int = 0,
              gpu: GpuSpec = GpuSpec(), max_time_s: float | None = None, progress=None,
-             scenario=None, online=None, expert_bytes: int | None = None) -> SimResult:
+             scenario=None, online=None, expert_bytes: int | None = None, ceiling: bool = False) -> SimResult:
     """Serve `workload` with `placement` on `cluster`; stop when every request finished
     or at `max_time_s` of simulated time (default: 3x the last arrival + 60 s).
 
@@ -120,13 +121,17 @@ def simulate(workload: Workload, cluster: Cluster, loads: ExpertLoads, placement
     scenario: a vibe.sim.scenario.Scenario (routing switches, lost GPUs) or None.
     online: a policy from vibe.sim.online.make_online, called between steps, or None.
     expert_bytes: one expert's weights, for the re-home stall after a loss (default:
-    from the model shape). Without scenario and online the run is the static one."""
+    from the model shape). Without scenario and online the run is the static one.
+    ceiling: time every step at the bound of any plan with this placement's slots on
+    that step's routing (vibe.sim.ceiling; the placement gives only the slot count)."""
     placement.check_fits(cluster)
     placement.check_matches(loads)
     check_model_matches(model, loads.num_layers, loads.num_experts, loads.top_k, "loads")
     # Lookup table of expert times up to the step budget, capped at ~4M entries (32 MB).
     table = min(scheduler.max_batch_tokens, 4_000_000 // cluster.num_gpus)
-    predictor = Predictor(model, cluster, placement, gpu, table_tokens=table)
+    if ceiling and (scenario is not None or online is not None):
+        raise VibeError("the placement ceiling is for static runs (no scenario, no online policy)")
+    predictor = (CeilingPredictor if ceiling else Predictor)(model, cluster, placement, gpu, table_tokens=table)
     route = make_router(loads, placement, trace, routing)
     route_rng, hw_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
     plan = plan_drift(hardware, cluster.num_gpus)

@@ -16,6 +16,7 @@ import numpy as np
 
 from vibe.errors import VibeError
 from vibe.model import Cluster, ExpertLoads, Placement
+from vibe.sim.ceiling import CEILING
 from vibe.sim.engine import simulate, summarize
 from vibe.sim.hardware import HardwareModel
 from vibe.sim.models import ModelSpec
@@ -64,12 +65,14 @@ def routing_trace(path: str):
 
 def run_point(spec: SweepSpec, cluster: Cluster, loads: ExpertLoads, placement: Placement, policy: str,
               qps: float | None, seed: int, progress: Callable[[int, int], None] | None = None) -> dict:
-    """One simulation -> its summary row (with policy, qps, seed)."""
+    """One simulation -> its summary row (with policy, qps, seed). Policy "ceiling"
+    times every step at the bound of any plan with `placement`'s slots on that step's
+    routing (vibe.sim.ceiling)."""
     trace = None if spec.routing_trace is None else routing_trace(spec.routing_trace)
     workload = make_workload(spec, qps, seed)
     result = simulate(workload, cluster, loads, placement, spec.model, spec.scheduler,
                       replace(spec.hardware, seed=spec.hardware.seed + seed), trace, spec.routing, seed, spec.gpu,
-                      progress=progress)
+                      progress=progress, ceiling=policy == CEILING)
     row = summarize(result, spec.slo_ttft_ms, spec.slo_tpot_ms)
     row.update(policy=policy, qps=float(qps) if qps is not None else workload.qps, seed=int(seed))
     return row
