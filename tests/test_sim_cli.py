@@ -121,6 +121,19 @@ def test_ray_address_without_ray(files, tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def test_sweep_adds_the_placement_ceiling(files, tmp_path, capsys):
+    out = tmp_path / "ceiling"
+    rc = main(["sweep", "--cluster", str(files / "cluster.json"), "--loads", str(files / "loads.json"),
+               "--policies", "eplb", "--ceiling", "--qps", "60", "--duration", "1", "--output-len", "16",
+               "--workers", "1", "--out", str(out)])
+    assert rc == 0
+    rows = {r["policy"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    assert set(rows) == {"eplb", "ceiling"}
+    assert rows["ceiling"]["steps"]["idle_at_barrier"] == 0.0 < rows["eplb"]["steps"]["idle_at_barrier"]
+    assert rows["ceiling"]["e2e_ms"]["mean"] <= rows["eplb"]["e2e_ms"]["mean"]
+    capsys.readouterr()
+
+
 def test_sweep_compares_placement_files(files, tmp_path, capsys):
     out = tmp_path / "files"
     rc = main(["sweep", "--cluster", str(files / "cluster.json"), "--loads", str(files / "loads.json"),

@@ -17,6 +17,7 @@ from vibe.errors import InputError, VibeError
 from vibe.io import check_output_dir
 from vibe.model import Cluster, ExpertLoads, Placement
 from vibe.policies import PlacementOptions, available_policies, place
+from vibe.sim.ceiling import CEILING
 
 
 def register(cli) -> None:
@@ -52,6 +53,9 @@ def register(cli) -> None:
     w.add_argument("--placements", nargs="+", default=[], metavar="FILE",
                    help="also (or only, without --policies) compare these vibe.placement/v1 files")
     w.add_argument("--redundant", type=nonneg_int, default=0, metavar="R", help="extra replica slots per layer")
+    w.add_argument("--ceiling", action="store_true",
+                   help="also the placement ceiling: every step timed at a lower bound of any plan with the first "
+                        "placement's slots on that step's routing (what no placement can beat; docs/simulator.md)")
     w.add_argument("--qps", type=positive_float, nargs="+", required=True, metavar="X")
     w.add_argument("--seeds", type=seed_int, nargs="+", default=[0], metavar="K")
     w.add_argument("--workers", type=positive_int, default=None, help="local processes (default: all cores)")
@@ -302,6 +306,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     options = PlacementOptions(redundant=args.redundant)
     placements = {p: place(loads, cluster, p, options) for p in (args.policies or default)}
     _add_placement_files(placements, args.placements, cluster, loads)
+    if args.ceiling:
+        if CEILING in placements:
+            raise VibeError(f"--ceiling: a placement is already labelled {CEILING!r}; rename its file")
+        placements[CEILING] = next(iter(placements.values()))  # only its slots per GPU count
     _check_trace(spec, next(iter(placements.values())))
     with _bar("simulating points", len(placements) * len(args.qps) * len(args.seeds)) as (bar, task):
         rows = run_sweep(spec, cluster, loads, placements, args.qps, args.seeds, args.workers, args.ray_address,
