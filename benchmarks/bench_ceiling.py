@@ -18,6 +18,7 @@ beside eplb and vibe.
 
     nice .venv/bin/python benchmarks/bench_ceiling.py [--quick] [--real] [--markdown out.md] [--plot p.png]
     nice .venv/bin/python benchmarks/bench_ceiling.py --robust 32:58.5   # vibe --robust at scale (~3 min)
+    nice .venv/bin/python benchmarks/bench_ceiling.py --no-network --sizes 8 16
 
 Full run with --real: about 20 minutes on the shared 2-core machine.
 """
@@ -48,9 +49,14 @@ REFINE = 8
 FRACTIONS = tuple(round(0.3 + 0.1 * i, 1) for i in range(14))  # 0.3 .. 1.6 of the calibrated capacity
 
 
+NETWORK = True  # --no-network: bench_sim.py's scale-study cluster, all-to-all after the layer
+
+
 def setup(G: int, R: int):
-    """Capped cluster with the network block, DeepSeek-V3 loads, eplb and vibe plans."""
-    cluster = synth_cluster(G, scenario="power-cap", seed=0, gpus_per_node=PER_NODE).with_network()
+    """Capped cluster (with the network block unless --no-network), DeepSeek-V3 loads,
+    eplb and vibe plans."""
+    cluster = synth_cluster(G, scenario="power-cap", seed=0, gpus_per_node=PER_NODE)
+    cluster = cluster.with_network() if NETWORK else cluster
     loads = synth_loads_for_model("deepseek-v3", seed=0)
     o = PlacementOptions(redundant=R)
     return cluster, loads, {"eplb": place(loads, cluster, "eplb", o), "vibe": place(loads, cluster, "vibe", o)}
@@ -227,8 +233,12 @@ def main() -> int:
     ap.add_argument("--plot", default=None, help="also plot the scale study's QPS gains to this PNG")
     ap.add_argument("--robust", default=None, metavar="G:QPS",
                     help="only vibe --robust vs vibe and eplb on G GPUs around QPS (e.g. 32:58.5)")
+    ap.add_argument("--no-network", action="store_true", help="clusters without the network block")
+    ap.add_argument("--sizes", type=int, nargs="+", default=None, help="EP sizes (default 8 .. 256)")
     args = ap.parse_args()
-    sizes = (8, 64, 256) if args.quick else SIZES
+    global NETWORK
+    NETWORK = not args.no_network
+    sizes = args.sizes or ((8, 64, 256) if args.quick else SIZES)
     seeds = range(1 if args.quick else args.seeds)
     if args.robust:
         G, q0 = args.robust.split(":")
