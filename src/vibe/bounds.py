@@ -182,22 +182,46 @@ def fluid_bound(cluster: Cluster, total_tokens: float, max_slot_tokens: float | 
     over = cluster.overhead_us
     if total_tokens <= 0:
         return float(over.max())
-    grid, _ = cluster.latency_table()
     top = float(total_tokens if max_slot_tokens is None else min(max_slot_tokens, total_tokens))
-    pts = np.concatenate([grid[grid < top], [top]])
-    G = cluster.num_gpus
-    t = expert_time_us(cluster, np.arange(G)[:, None], pts[None, :])
-    rho = (t / pts[None, :]).min(axis=1)  # [G] us per token
-    # sum_g max(0, z - o_g) / rho_g is piecewise linear and increasing in z: walk the kinks.
-    order = np.argsort(over)
-    o, r = over[order], rho[order]
-    inv_cum = np.cumsum(1.0 / r)
-    off_cum = np.cumsum(o / r)
-    for k in range(G):
-        z = (total_tokens + off_cum[k]) / inv_cum[k]
-        if k == G - 1 or z <= o[k + 1]:
-            return float(max(z, over.max()))
-    return float(over.max())  # unreachable
+    rho = amortised_rates(cluster, np.array([top]))  # [1, G] us per token
+    return float(water_level(over, rho, np.array([float(total_tokens)]))[0])
+
+
+def amortised_rates(cluster: Cluster, max_tokens: np.ndarray, gpus: np.ndarray | None = None) -> np.ndarray:
+    """M [...] -> [..., len(gpus)] rho_g(M) = min_{0<n<=M} t_g(n) / n (us per token), for
+    `gpus` (default all).
+
+    t_g is piecewise linear on the latency grid (constant below its first point,
+    extrapolated past its last), so t / n is monotone on every segment and its minimum
+    over (0, M] is at a grid point below M or at M itself."""
+    grid, us = cluster.latency_table()
+    gpus = np.arange(cluster.num_gpus) if gpus is None else np.asarray(gpus, dtype=np.int64)
+    pos = grid > 0
+    per_token = np.minimum.accumulate(us[gpus][:, pos] / grid[None, pos], axis=1).T  # [K, g] prefix minima
+    M = np.maximum(np.asarray(max_tokens, dtype=np.float64), 1e-9)
+    k = np.searchsorted(grid[pos], M, side="right") - 1  # [...] last grid point <= M
+    at_m = expert_time_us(cluster, gpus, M[..., None]) / M[..., None]
+    below = np.where(k[..., None] >= 0, per_token[np.maximum(k, 0)], np.inf)
+    return np.minimum(at_m, below)
+
+
+def water_level(offset: np.ndarray, rate: np.ndarray, total: np.ndarray) -> np.ndarray:
+    """Smallest z per row with sum_g max(0, z - offset[g]) / rate[r, g] >= total[r].
+
+    offset [G] (us), rate [R, G] (us per token, >= 0), total [R] -> [R] (us), at least
+    max(offset). The sum is piecewise linear and increasing in z: the answer lies on
+    the segment where adding the next GPU (by offset) would start above it. A row with
+    a zero rate (a GPU that absorbs any work above its offset) gets max(offset)."""
+    rate = np.asarray(rate, dtype=np.float64)
+    free = (rate <= 0).any(axis=1)
+    order = np.argsort(offset)
+    o, r = offset[order], np.where(free[:, None], 1.0, rate)[:, order]
+    inv_cum = np.cumsum(1.0 / r, axis=1)
+    off_cum = np.cumsum(o[None, :] / r, axis=1)
+    z = (np.asarray(total, dtype=np.float64)[:, None] + off_cum) / inv_cum  # [R, G]
+    nxt = np.append(o[1:], np.inf)
+    k = np.argmax(z <= nxt[None, :], axis=1)  # first segment that holds (the last always does)
+    return np.where(free, o.max(), np.maximum(z[np.arange(len(k)), k], o.max()))
 
 
 def active_slots_bound(cluster: Cluster, active_experts: np.ndarray, slots_per_gpu: int) -> np.ndarray:

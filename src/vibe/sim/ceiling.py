@@ -32,31 +32,13 @@ from functools import cached_property
 
 import numpy as np
 
-from vibe.bounds import active_slots_bound
+from vibe.bounds import active_slots_bound, amortised_rates, water_level
 from vibe.cost import CommModel, expert_time_us
 from vibe.errors import VibeError
 from vibe.model import Cluster
 from vibe.sim.predictor import Predictor, StepTime
 
 CEILING = "ceiling"  # the sweep's name for it, beside the policies
-
-
-def amortised_rates(cluster: Cluster, max_tokens: np.ndarray, gpus: np.ndarray | None = None) -> np.ndarray:
-    """M [...] -> [..., len(gpus)] rho_g(M) = min_{0<n<=M} t_g(n) / n (us per token), for
-    `gpus` (default all).
-
-    t_g is piecewise linear on the latency grid (constant below its first point,
-    extrapolated past its last), so t / n is monotone on every segment and its minimum
-    over (0, M] is at a grid point below M or at M itself."""
-    grid, us = cluster.latency_table()
-    gpus = np.arange(cluster.num_gpus) if gpus is None else np.asarray(gpus, dtype=np.int64)
-    pos = grid > 0
-    per_token = np.minimum.accumulate(us[gpus][:, pos] / grid[None, pos], axis=1).T  # [K, g] prefix minima
-    M = np.maximum(np.asarray(max_tokens, dtype=np.float64), 1e-9)
-    k = np.searchsorted(grid[pos], M, side="right") - 1  # [...] last grid point <= M
-    at_m = expert_time_us(cluster, gpus, M[..., None]) / M[..., None]
-    below = np.where(k[..., None] >= 0, per_token[np.maximum(k, 0)], np.inf)
-    return np.minimum(at_m, below)
 
 
 def speed_ratios(cluster: Cluster) -> tuple[int, np.ndarray]:
@@ -72,25 +54,6 @@ def speed_ratios(cluster: Cluster) -> tuple[int, np.ndarray]:
     if us.shape[1] > 1 and us[r, -1] > us[r, -2]:
         ratio = np.minimum(ratio, (us[:, -1] - us[:, -2]) / (us[r, -1] - us[r, -2]))
     return r, ratio
-
-
-def water_level(offset: np.ndarray, rate: np.ndarray, total: np.ndarray) -> np.ndarray:
-    """Smallest z per row with sum_g max(0, z - offset[g]) / rate[r, g] >= total[r].
-
-    offset [G] (us), rate [R, G] (us per token, >= 0), total [R] -> [R] (us), at least
-    max(offset). The sum is piecewise linear and increasing in z: the answer lies on
-    the segment where adding the next GPU (by offset) would start above it. A row with
-    a zero rate (a GPU that absorbs any work above its offset) gets max(offset)."""
-    rate = np.asarray(rate, dtype=np.float64)
-    free = (rate <= 0).any(axis=1)
-    order = np.argsort(offset)
-    o, r = offset[order], np.where(free[:, None], 1.0, rate)[:, order]
-    inv_cum = np.cumsum(1.0 / r, axis=1)
-    off_cum = np.cumsum(o[None, :] / r, axis=1)
-    z = (np.asarray(total, dtype=np.float64)[:, None] + off_cum) / inv_cum  # [R, G]
-    nxt = np.append(o[1:], np.inf)
-    k = np.argmax(z <= nxt[None, :], axis=1)  # first segment that holds (the last always does)
-    return np.where(free, o.max(), np.maximum(z[np.arange(len(k)), k], o.max()))
 
 
 @dataclass(frozen=True)
@@ -129,8 +92,8 @@ class StepBound:
         moe = np.maximum(water_level(over, rho, N), self._work_level(w, N, over, f))
         # Floors scale by at least the fastest factor, which keeps the bound.
         moe = np.maximum(moe, active_slots_bound(self.cluster, A, self.slots_per_gpu) * f.min())
-        hot = expert_time_us(self.cluster, np.arange(len(f))[None, :], M[:, None]) * f[None, :]  # [L, G]
         if not self.replicas:
+            hot = expert_time_us(self.cluster, np.arange(len(f))[None, :], M[:, None]) * f[None, :]  # [L, G]
             moe = np.maximum(moe, (over[None, :] + hot).min(axis=1))
         if self.links is None:
             return moe, np.zeros_like(moe)
